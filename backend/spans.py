@@ -1,0 +1,273 @@
+"""Character spans <-> word-level BIO tags: the one conversion that pre-annotation, training and export share.
+
+Offsets everywhere are Python ``str`` indices (Unicode code points), end exclusive, as Label Studio sends them.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+OUTSIDE = "O"
+
+# A word is a run of word characters, optionally joined by in-word punctuation (joe's, 24/7, a&w, 10-15);
+# every other non-space character is a word of its own. Lowercase corpora such as MIT's split the same
+# way as before (its tokens are all [a-z0-9]), while "pizza," yields "pizza" and ",".
+_WORD = re.compile(r"\w+(?:['\u2019\-./&]\w+)*|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word of a text: ``text[start:end] == word.text``."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Span:
+    """A labelled character span: ``text[start:end]`` is the entity, ``score`` its confidence if predicted."""
+
+    start: int
+    end: int
+    label: str
+    text: str = ""
+    score: float | None = None
+
+
+@dataclass
+class Example:
+    """One sentence or task at word level: ``words[i]`` carries ``tags[i]``; ``source`` names where it came from."""
+
+    text: str
+    words: list[Word]
+    tags: list[str]
+    source: str = ""
+
+    @property
+    def tokens(self) -> list[str]:
+        return [w.text for w in self.words]
+
+
+@dataclass
+class ConversionReport:
+    """Counts of every input the conversion had to repair or leave out, with the first few places named.
+
+    Callers print ``summary()``; nothing is dropped without being counted here.
+    """
+
+    counts: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+    max_notes: int = 20
+
+    def add(self, kind: str, where: str, message: str) -> None:
+        self.counts[kind] += 1
+        if len(self.notes) < self.max_notes:
+            self.notes.append(f"{where}: {message}")
+
+    def merge(self, other: "ConversionReport") -> None:
+        self.counts.update(other.counts)
+        for note in other.notes:
+            if len(self.notes) < self.max_notes:
+                self.notes.append(note)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no problems found"
+        parts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(self.counts.items()))
+        lines = [parts] + [f"  {note}" for note in self.notes]
+        hidden = sum(self.counts.values()) - len(self.notes)
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more")
+        return "\n".join(lines)
+
+
+def split_words(text: str, boundaries: Iterable[int] = ()) -> list[Word]:
+    """Split ``text`` into words with offsets, cutting additionally at every offset in ``boundaries``.
+
+    Cutting at span boundaries guarantees that a span starting or ending inside a word loses no character:
+
+    >>> [w.text for w in split_words("joe's pizza, $10-$15", boundaries=[3])]
+    ['joe', "'s", 'pizza', ',', '$', '10', '-', '$', '15']
+    """
+    cuts = sorted(set(boundaries))
+    words: list[Word] = []
+    for match in _WORD.finditer(text):
+        start, end = match.span()
+        inner = [b for b in cuts if start < b < end]
+        for left, right in zip([start] + inner, inner + [end]):
+            words.append(Word(text[left:right], left, right))
+    return words
+
+
+def tokens_to_text(tokens: Sequence[str]) -> tuple[str, list[Word]]:
+    """Join pre-split tokens with single spaces; return the text and each token's offsets.
+
+    >>> tokens_to_text(["cheap", "thai"])
+    ('cheap thai', [Word(text='cheap', start=0, end=5), Word(text='thai', start=6, end=10)])
+    """
+    words, offset = [], 0
+    for token in tokens:
+        words.append(Word(token, offset, offset + len(token)))
+        offset += len(token) + 1
+    return " ".join(tokens), words
+
+
+def realign_span(text: str, span: Span) -> Span | None:
+    """Move a span whose ``span.text`` differs from ``text[start:end]`` to the nearest exact occurrence.
+
+    Returns None when ``span.text`` occurs nowhere in ``text``.
+    """
+    if not span.text:
+        return None
+    best = None
+    position = text.find(span.text)
+    while position != -1:
+        if best is None or abs(position - span.start) < abs(best - span.start):
+            best = position
+        position = text.find(span.text, position + 1)
+    if best is None:
+        return None
+    return Span(best, best + len(span.text), span.label, span.text, span.score)
+
+
+def clean_spans(
+    text: str,
+    spans: Iterable[Span],
+    labels: Sequence[str] | None = None,
+    report: ConversionReport | None = None,
+    where: str = "",
+) -> list[Span]:
+    """Validate spans against ``text``; return the usable ones, sorted and non-overlapping.
+
+    Policy (each case is counted in ``report``):
+    - ``unknown_label``: label not in ``labels`` (when given): left out.
+    - ``out_of_range``: offsets not integers with ``0 <= start < end <= len(text)``: left out.
+    - ``realigned``: ``span.text`` differs from ``text[start:end]`` but occurs in the text: moved to the
+      nearest occurrence. ``text_mismatch``: it occurs nowhere: the offsets are kept as given.
+    - ``empty_span``: covers only whitespace: left out.
+    - ``overlapping``: overlaps a span kept before it (earlier start wins; on equal starts the longer):
+      left out.
+    """
+    report = report if report is not None else ConversionReport()
+    known = set(labels) if labels is not None else None
+    usable: list[Span] = []
+    for span in spans:
+        here = f"{where} span [{span.start}:{span.end}] {span.label!r}".strip()
+        if known is not None and span.label not in known:
+            report.add("unknown_label", here, f"label {span.label!r} is not in the label config; left out")
+            continue
+        if not (isinstance(span.start, int) and isinstance(span.end, int) and 0 <= span.start < span.end <= len(text)):
+            report.add("out_of_range", here, f"offsets outside the text of length {len(text)}; left out")
+            continue
+        if span.text and text[span.start:span.end] != span.text:
+            moved = realign_span(text, span)
+            if moved is None:
+                report.add("text_mismatch", here, f"{span.text!r} is not in the text; offsets kept")
+            else:
+                report.add("realigned", here, f"{span.text!r} moved to [{moved.start}:{moved.end}]")
+                span = moved
+        if not text[span.start:span.end].strip():
+            report.add("empty_span", here, "covers only whitespace; left out")
+            continue
+        usable.append(span)
+    usable.sort(key=lambda s: (s.start, -(s.end - s.start)))
+    kept: list[Span] = []
+    for span in usable:
+        if kept and span.start < kept[-1].end:
+            report.add(
+                "overlapping",
+                f"{where} span [{span.start}:{span.end}] {span.label!r}".strip(),
+                f"overlaps [{kept[-1].start}:{kept[-1].end}] {kept[-1].label!r}; left out",
+            )
+            continue
+        kept.append(span)
+    return kept
+
+
+def spans_to_bio(
+    text: str,
+    spans: Iterable[Span],
+    labels: Sequence[str] | None = None,
+    report: ConversionReport | None = None,
+    where: str = "",
+) -> Example:
+    """Turn a text and its character spans into words with IOB2 tags.
+
+    Words are cut at every span boundary, so each word lies wholly inside or outside one span; a span's
+    first word gets ``B-label``, the rest ``I-label``. Spans are cleaned first (see ``clean_spans``).
+
+    >>> ex = spans_to_bio("cheap thai food", [Span(6, 10, "Cuisine", "thai")])
+    >>> list(zip(ex.tokens, ex.tags))
+    [('cheap', 'O'), ('thai', 'B-Cuisine'), ('food', 'O')]
+    """
+    kept = clean_spans(text, spans, labels, report, where)
+    words = split_words(text, [offset for span in kept for offset in (span.start, span.end)])
+    tags = [OUTSIDE] * len(words)
+    index = 0
+    for span in kept:
+        while index < len(words) and words[index].end <= span.start:
+            index += 1
+        first = True
+        while index < len(words) and words[index].start < span.end:
+            tags[index] = ("B-" if first else "I-") + span.label
+            first = False
+            index += 1
+    return Example(text, words, tags, where)
+
+
+def repair_bio(tags: Sequence[str], report: ConversionReport | None = None, where: str = "") -> list[str]:
+    """Return IOB2 tags: an ``I-x`` that does not continue an ``x`` entity starts one (becomes ``B-x``).
+
+    >>> repair_bio(["O", "I-Dish", "I-Dish", "I-Price"])
+    ['O', 'B-Dish', 'I-Dish', 'B-Price']
+    """
+    repaired, previous = [], OUTSIDE
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            if report is not None:
+                report.add("ill_formed_tag", f"{where} word {i + 1}".strip(), f"{tag} after {previous}; read as B-")
+            tag = "B-" + tag[2:]
+        repaired.append(tag)
+        previous = tag
+    return repaired
+
+
+def bio_to_spans(
+    text: str,
+    words: Sequence[Word],
+    tags: Sequence[str],
+    scores: Sequence[float] | None = None,
+) -> list[Span]:
+    """Turn words with BIO tags back into character spans of ``text``.
+
+    ``B-x`` always starts a new span, so adjacent entities of the same type stay separate; a stray ``I-x``
+    starts a span too. A span's score is the mean of its words' scores, when scores are given.
+
+    >>> text, words = tokens_to_text(["cheap", "thai", "food"])
+    >>> bio_to_spans(text, words, ["O", "B-Cuisine", "I-Cuisine"])
+    [Span(start=6, end=15, label='Cuisine', text='thai food', score=None)]
+    """
+    spans: list[Span] = []
+    current: list[int] = []
+    label = None
+
+    def close() -> None:
+        if current:
+            start, end = words[current[0]].start, words[current[-1]].end
+            score = None if scores is None else sum(scores[i] for i in current) / len(current)
+            spans.append(Span(start, end, label, text[start:end], score))
+
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-") and label == tag[2:]:
+            current.append(i)
+            continue
+        close()
+        current, label = ([i], tag[2:]) if tag[:2] in ("B-", "I-") else ([], None)
+    close()
+    return spans

@@ -1,0 +1,3 @@
+from exporters.cli import main
+
+raise SystemExit(main())
