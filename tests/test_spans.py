@@ -1,0 +1,230 @@
+"""Specification of backend/spans.py: character spans <-> word-level IOB2 tags, and what happens to bad spans."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend.spans import (
+    ConversionReport,
+    Span,
+    bio_to_spans,
+    clean_spans,
+    repair_bio,
+    spans_to_bio,
+    split_words,
+    tokens_to_text,
+)
+
+LABELS = ("Dish", "Price", "Hours")
+
+# Letters, digits, accents (precomposed and combining), CJK, emoji (incl. ZWJ and skin tone), punctuation that
+# joins words, and whitespace of every kind the issue names.
+ALPHABET = st.sampled_from(
+    list("abcxyzABC019") + list("éüñçÅ") + ["e\u0301"] + list("寿司拉麺東京") + ["😀", "🍕", "👍🏽", "👩\u200d🍳"]
+    + list("'’-./&$,!?()") + [" ", "  ", "\t", "\n", "\u00a0"]
+)
+TEXT = st.lists(ALPHABET, max_size=12).map("".join)
+
+
+@st.composite
+def text_with_spans(draw) -> tuple[str, list[Span]]:
+    """A text assembled from segments; labelled segments become whitespace-trimmed, non-overlapping spans."""
+    text, spans = "", []
+    for _ in range(draw(st.integers(0, 8))):
+        segment = draw(TEXT)
+        label = draw(st.sampled_from((None,) + LABELS))
+        core = segment.strip()
+        if label is not None and core:
+            start = len(text) + segment.index(core)
+            spans.append(Span(start, start + len(core), label, core))
+        text += segment
+    return text, spans
+
+
+def _tags_of(text: str, spans: list[Span]) -> list[tuple[str, str]]:
+    example = spans_to_bio(text, spans, LABELS)
+    return list(zip(example.tokens, example.tags))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_with_spans())
+def test_spans_to_bio_to_spans_is_the_identity_for_non_overlapping_trimmed_spans(case):
+    text, spans = case
+    report = ConversionReport()
+    example = spans_to_bio(text, spans, LABELS, report)
+    assert bio_to_spans(example.text, example.words, example.tags) == spans
+    assert not report, report.summary()
+
+
+@settings(max_examples=200, deadline=None)
+@given(text_with_spans())
+def test_words_keep_exact_offsets_and_lose_no_non_space_character(case):
+    text, spans = case
+    example = spans_to_bio(text, spans, LABELS)
+    for word in example.words:
+        assert text[word.start:word.end] == word.text
+    covered = {i for w in example.words for i in range(w.start, w.end)}
+    assert {i for i, ch in enumerate(text) if not ch.isspace()} == covered
+
+
+@settings(max_examples=200, deadline=None)
+@given(text_with_spans())
+def test_every_span_starts_with_b_and_continues_with_i_of_its_label(case):
+    text, spans = case
+    example = spans_to_bio(text, spans, LABELS)
+    for span in spans:
+        inside = [tag for word, tag in zip(example.words, example.tags) if span.start <= word.start < span.end]
+        assert inside[0] == f"B-{span.label}"
+        assert all(tag == f"I-{span.label}" for tag in inside[1:])
+    assert repair_bio(example.tags) == example.tags
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["O", "B-Dish", "I-Dish", "B-Price", "I-Price"]), max_size=15))
+def test_repaired_tags_are_valid_iob2_and_give_the_same_spans(tags):
+    text, words = tokens_to_text([f"w{i}" for i in range(len(tags))])
+    repaired = repair_bio(tags)
+    for previous, tag in zip(["O"] + repaired, repaired):
+        if tag.startswith("I-"):
+            assert previous[2:] == tag[2:]
+    assert bio_to_spans(text, words, repaired) == bio_to_spans(text, words, tags)
+
+
+def test_span_ending_inside_a_price_range_splits_the_word():
+    text = "meals $10-$15 here"
+    spans = [Span(7, 9, "Price", "10"), Span(11, 13, "Price", "15")]
+    assert _tags_of(text, spans) == [
+        ("meals", "O"), ("$", "O"), ("10", "B-Price"), ("-", "O"), ("$", "O"), ("15", "B-Price"), ("here", "O"),
+    ]
+    example = spans_to_bio(text, spans, LABELS)
+    assert bio_to_spans(text, example.words, example.tags) == spans
+
+
+def test_span_covering_a_whole_price_range_keeps_its_inner_punctuation():
+    text = "meals $10-$15 here"
+    span = Span(6, 13, "Price", "$10-$15")
+    example = spans_to_bio(text, [span], LABELS)
+    assert example.tags[1] == "B-Price" and set(example.tags[2:-1]) == {"I-Price"}
+    assert bio_to_spans(text, example.words, example.tags) == [span]
+
+
+def test_span_ending_before_an_apostrophe_keeps_the_possessive_outside():
+    text = "joe's pizza"
+    assert _tags_of(text, [Span(0, 3, "Dish", "joe")]) == [("joe", "B-Dish"), ("'s", "O"), ("pizza", "O")]
+
+
+def test_unsplit_possessive_is_one_word():
+    assert [w.text for w in split_words("joe's pizza")] == ["joe's", "pizza"]
+
+
+def test_hours_span_inside_24_7_is_exact():
+    text = "open 24/7"
+    example = spans_to_bio(text, [Span(5, 7, "Hours", "24")], LABELS)
+    assert list(zip(example.tokens, example.tags)) == [("open", "O"), ("24", "B-Hours"), ("/7", "O")]
+    assert bio_to_spans(text, example.words, example.tags) == [Span(5, 7, "Hours", "24")]
+
+
+def test_adjacent_entities_of_the_same_label_stay_separate():
+    text = "pizza pasta"
+    spans = [Span(0, 5, "Dish", "pizza"), Span(6, 11, "Dish", "pasta")]
+    example = spans_to_bio(text, spans, LABELS)
+    assert example.tags == ["B-Dish", "B-Dish"]
+    assert bio_to_spans(text, example.words, example.tags) == spans
+
+
+def test_offsets_are_code_points_with_emoji_before_the_span():
+    text = "🍕👍🏽 cheap sushi"
+    start = text.index("sushi")
+    example = spans_to_bio(text, [Span(start, start + 5, "Dish", "sushi")], LABELS)
+    [span] = bio_to_spans(text, example.words, example.tags)
+    assert text[span.start:span.end] == "sushi" == span.text
+
+
+def test_overlapping_span_is_left_out_and_counted():
+    report = ConversionReport()
+    kept = clean_spans("cheap thai food", [Span(6, 15, "Dish"), Span(6, 10, "Price"), Span(11, 15, "Dish")], LABELS, report)
+    assert kept == [Span(6, 15, "Dish")]
+    assert report.counts["overlapping"] == 2
+
+
+def test_unknown_label_is_left_out_and_counted():
+    report = ConversionReport()
+    example = spans_to_bio("cheap thai", [Span(6, 10, "Cuisine", "thai")], LABELS, report, where="task 7")
+    assert example.tags == ["O", "O"]
+    assert report.counts == {"unknown_label": 1}
+    assert "task 7" in report.summary()
+
+
+def test_offsets_outside_the_text_are_left_out_and_counted():
+    report = ConversionReport()
+    spans = [Span(5, 50, "Dish"), Span(-1, 2, "Dish"), Span(3, 3, "Dish"), Span(0, 2.0, "Dish")]
+    assert clean_spans("cheap thai", spans, LABELS, report) == []
+    assert report.counts["out_of_range"] == 4
+
+
+def test_mismatched_span_text_is_realigned_to_the_nearest_occurrence():
+    # the emoji-era offset bug: offsets counted in UTF-16 units are one too far after an emoji
+    text = "😀 thai food, thai tea"
+    report = ConversionReport()
+    first, second = clean_spans(text, [Span(3, 7, "Dish", "thai"), Span(14, 18, "Dish", "thai")], LABELS, report)
+    assert (first.start, first.end) == (2, 6)
+    assert (second.start, second.end) == (13, 17)
+    assert text[second.start:second.end] == "thai"
+    assert report.counts == {"realigned": 2}
+
+
+def test_shifted_span_text_moves_to_the_exact_occurrence():
+    report = ConversionReport()
+    text = "x thai food"
+    [span] = clean_spans(text, [Span(1, 5, "Dish", "thai")], LABELS, report)
+    assert (span.start, span.end) == (2, 6)
+    assert report.counts == {"realigned": 1}
+
+
+def test_span_text_absent_from_the_text_keeps_offsets_and_is_counted():
+    report = ConversionReport()
+    [span] = clean_spans("cheap thai", [Span(6, 10, "Dish", "sushi")], LABELS, report)
+    assert (span.start, span.end) == (6, 10)
+    assert report.counts == {"text_mismatch": 1}
+
+
+def test_whitespace_only_span_is_left_out_and_counted():
+    report = ConversionReport()
+    assert clean_spans("a   b", [Span(1, 4, "Dish")], LABELS, report) == []
+    assert report.counts == {"empty_span": 1}
+
+
+def test_report_summary_names_counts_and_places_and_stays_short():
+    report = ConversionReport(max_notes=2)
+    for i in range(5):
+        report.add("bad_line", f"f.bio:{i}", "no TAB")
+    summary = report.summary()
+    assert summary.splitlines()[0] == "5 bad line"
+    assert "f.bio:0" in summary and "f.bio:4" not in summary and "3 more" in summary
+    assert ConversionReport().summary() == "no problems found"
+
+
+def test_merged_reports_add_their_counts():
+    first, second = ConversionReport(), ConversionReport()
+    first.add("overlapping", "t1", "x")
+    second.add("overlapping", "t2", "y")
+    second.add("unknown_label", "t2", "z")
+    first.merge(second)
+    assert first.counts == {"overlapping": 2, "unknown_label": 1}
+
+
+def test_span_scores_are_the_mean_of_their_word_scores():
+    text, words = tokens_to_text(["thai", "green", "curry"])
+    [span] = bio_to_spans(text, words, ["B-Dish", "I-Dish", "I-Dish"], scores=[0.9, 0.6, 0.3])
+    assert span.text == "thai green curry" and abs(span.score - 0.6) < 1e-9
+
+
+def test_stray_i_tag_starts_a_span():
+    text, words = tokens_to_text(["cheap", "thai"])
+    assert bio_to_spans(text, words, ["O", "I-Dish"]) == [Span(6, 10, "Dish", "thai")]
+
+
+def test_repair_counts_each_ill_formed_tag():
+    report = ConversionReport()
+    assert repair_bio(["I-Dish", "I-Price", "O"], report) == ["B-Dish", "B-Price", "O"]
+    assert report.counts == {"ill_formed_tag": 2}

@@ -1,0 +1,164 @@
+"""Specification of backend/tasks.py: which annotation of a Label Studio task counts, and results <-> spans."""
+from __future__ import annotations
+
+from backend.schema import LabelSchema
+from backend.spans import ConversionReport, Span, spans_to_bio, tokens_to_text, Example
+from backend.tasks import (
+    choose_annotation,
+    example_to_task,
+    infer_schema,
+    results_to_spans,
+    spans_to_results,
+    task_to_example,
+)
+
+SCHEMA = LabelSchema("label", "text", "text", ("Cuisine", "Price", "Dish"))
+
+
+def result(start: int, end: int, text: str, *labels: str, from_name: str = "label", type_: str = "labels", **extra) -> dict:
+    return {"from_name": from_name, "to_name": "text", "type": type_,
+            "value": {"start": start, "end": end, "text": text, "labels": list(labels)}, **extra}
+
+
+def annotation(id_: int, *results: dict, **fields) -> dict:
+    return {"id": id_, "result": list(results), **fields}
+
+
+def test_cancelled_annotations_never_count():
+    task = {"annotations": [annotation(1, was_cancelled=True, updated_at="2030-01-01T00:00:00Z"),
+                            annotation(2, updated_at="2020-01-01T00:00:00Z")]}
+    assert choose_annotation(task)["id"] == 2
+
+
+def test_ground_truth_wins_over_a_more_recent_annotation():
+    task = {"annotations": [annotation(1, ground_truth=True, updated_at="2020-01-01T00:00:00Z"),
+                            annotation(2, updated_at="2030-01-01T00:00:00Z")]}
+    assert choose_annotation(task)["id"] == 1
+
+
+def test_most_recently_updated_annotation_wins():
+    task = {"annotations": [annotation(7, updated_at="2024-05-02T10:00:00.5Z", created_at="2024-01-01T00:00:00Z"),
+                            annotation(3, updated_at="2024-05-02T10:00:01Z", created_at="2023-01-01T00:00:00Z")]}
+    assert choose_annotation(task)["id"] == 3
+
+
+def test_created_at_then_id_break_ties():
+    same = "2024-05-02T10:00:00Z"
+    task = {"annotations": [annotation(1, updated_at=same, created_at="2024-01-02T00:00:00Z"),
+                            annotation(2, updated_at=same, created_at="2024-01-01T00:00:00Z")]}
+    assert choose_annotation(task)["id"] == 1
+    task = {"annotations": [annotation(5, updated_at=same), annotation(9, updated_at=same), annotation(4, updated_at=same)]}
+    assert choose_annotation(task)["id"] == 9
+
+
+def test_task_without_annotations_has_none():
+    assert choose_annotation({"data": {"text": "x"}}) is None
+    assert choose_annotation({"annotations": [annotation(1, was_cancelled=True)]}) is None
+
+
+def test_results_of_other_controls_and_types_are_ignored():
+    results = [result(6, 10, "thai", "Cuisine"), result(0, 5, "cheap", "Price", from_name="other"),
+               {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["good"]}}]
+    assert results_to_spans(results, SCHEMA) == [Span(6, 10, "Cuisine", "thai")]
+
+
+def test_result_with_several_labels_keeps_the_first_and_is_counted():
+    report = ConversionReport()
+    spans = results_to_spans([result(6, 10, "thai", "Cuisine", "Dish")], SCHEMA, report, "task 4")
+    assert spans == [Span(6, 10, "Cuisine", "thai")]
+    assert report.counts == {"several_labels": 1}
+    assert "task 4" in report.summary()
+
+
+def test_result_without_offsets_or_label_is_counted_and_left_out():
+    report = ConversionReport()
+    broken = [{"from_name": "label", "to_name": "text", "type": "labels", "value": {"labels": ["Dish"]}},
+              result(0, 4, "thai")]
+    assert results_to_spans(broken, SCHEMA, report) == []
+    assert report.counts == {"malformed_result": 2}
+
+
+def test_predicted_result_score_is_kept():
+    [span] = results_to_spans([result(6, 10, "thai", "Cuisine", score=0.75)], SCHEMA)
+    assert span.score == 0.75
+
+
+def test_spans_to_results_has_label_studio_shape_with_score_only_when_known():
+    results = spans_to_results([Span(6, 10, "Cuisine", "thai"), Span(0, 5, "Price", "cheap", 0.5)], SCHEMA)
+    assert results[0] == {"from_name": "label", "to_name": "text", "type": "labels",
+                          "value": {"start": 6, "end": 10, "text": "thai", "labels": ["Cuisine"]}}
+    assert results[1]["score"] == 0.5
+    assert results_to_spans(results, SCHEMA) == [Span(6, 10, "Cuisine", "thai"), Span(0, 5, "Price", "cheap", 0.5)]
+
+
+def test_task_to_example_uses_the_counting_annotation():
+    task = {"id": 12, "data": {"text": "cheap thai food"}, "annotations": [
+        annotation(1, result(0, 5, "cheap", "Price"), updated_at="2020-01-01T00:00:00Z"),
+        annotation(2, result(6, 10, "thai", "Cuisine"), updated_at="2021-01-01T00:00:00Z"),
+    ]}
+    example = task_to_example(task, SCHEMA, ConversionReport())
+    assert example.tags == ["O", "B-Cuisine", "O"]
+    assert example.source == "task 12"
+
+
+def test_submitted_annotation_without_spans_is_an_all_o_example():
+    report = ConversionReport()
+    example = task_to_example({"id": 1, "data": {"text": "nice place"}, "annotations": [annotation(1)]}, SCHEMA, report)
+    assert example.tags == ["O", "O"]
+    assert not report
+
+
+def test_task_missing_the_text_key_is_counted_with_its_id():
+    report = ConversionReport()
+    assert task_to_example({"id": 33, "data": {"review": "x"}, "annotations": [annotation(1)]}, SCHEMA, report) is None
+    assert report.counts == {"missing_text": 1}
+    assert "task 33" in report.summary() and "data.text" in report.summary()
+
+
+def test_task_without_counting_annotation_or_text_is_counted():
+    report = ConversionReport()
+    assert task_to_example({"id": 1, "data": {"text": "x"}}, SCHEMA, report) is None
+    assert task_to_example({"id": 2, "data": {"text": "  "}, "annotations": [annotation(1)]}, SCHEMA, report) is None
+    assert task_to_example("not a task", SCHEMA, report) is None
+    assert report.counts == {"no_annotation": 1, "empty_text": 1, "malformed_task": 1}
+
+
+def test_spans_with_labels_outside_the_config_are_counted_not_kept():
+    report = ConversionReport()
+    task = {"id": 5, "data": {"text": "open late"}, "annotations": [annotation(1, result(5, 9, "late", "Hours"))]}
+    assert task_to_example(task, SCHEMA, report).tags == ["O", "O"]
+    assert report.counts == {"unknown_label": 1}
+
+
+def test_example_to_task_and_back_keeps_exact_offsets():
+    text, words = tokens_to_text(["cheap", "thai", "green", "curry"])
+    example = Example(text, words, ["B-Price", "B-Cuisine", "B-Dish", "I-Dish"])
+    task = example_to_task(example, SCHEMA)
+    for item in task["annotations"][0]["result"]:
+        value = item["value"]
+        assert text[value["start"]:value["end"]] == value["text"]
+    again = task_to_example(task, SCHEMA, ConversionReport())
+    assert (again.tokens, again.tags) == (example.tokens, example.tags)
+
+
+def test_example_as_prediction_carries_a_model_version():
+    example = spans_to_bio("cheap thai", [Span(6, 10, "Cuisine", "thai")])
+    task = example_to_task(example, SCHEMA, as_="predictions")
+    assert task["predictions"][0]["model_version"] == "imported"
+    assert "annotations" not in task
+    assert example_to_task(example, SCHEMA, "predictions", "v3")["predictions"][0]["model_version"] == "v3"
+
+
+def test_inferred_schema_takes_names_and_labels_from_the_results():
+    tasks = [
+        {"data": {"review": "cheap thai"}, "annotations": [annotation(1,
+            {"from_name": "ner", "to_name": "review", "type": "labels",
+             "value": {"start": 6, "end": 10, "text": "thai", "labels": ["Cuisine", "Dish"]}},
+            {"from_name": "ner", "to_name": "review", "type": "labels",
+             "value": {"start": 0, "end": 5, "text": "cheap", "labels": ["Price"]}})]},
+    ]
+    assert infer_schema(tasks) == LabelSchema("ner", "review", "review", ("Cuisine", "Price"))
+
+
+def test_inferred_schema_without_any_span_defaults_to_text():
+    assert infer_schema([{"data": {"text": "x"}, "annotations": [annotation(1)]}]) == LabelSchema("label", "text", "text", ())
