@@ -1,0 +1,145 @@
+"""The HTTP face of the backend: Label Studio's ML backend protocol plus /status, /versions and /report.
+
+Routes only parse the request, call one ``NerService`` method and shape the answer; ``create_app`` builds it.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from backend.service import NerService, RequestError
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ner_backend", __name__)
+
+# Label Studio's webhooks carry no credentials, so /webhook stays open (its body is only a trigger);
+# /health stays open for load balancers and Label Studio's connection check.
+PROTECTED = {"predict", "setup", "versions", "status", "report"}
+
+
+def _service() -> NerService:
+    return current_app.extensions["ner_service"]
+
+
+def _error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify({"error": message}), status
+
+
+def _json_body() -> Any:
+    """The request's JSON; a RequestError (-> 400) naming the problem when it is missing or malformed."""
+    if not request.get_data(cache=True):
+        raise RequestError("the request body is empty; send a JSON object")
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise RequestError("the request body is not valid JSON")
+    return body
+
+
+@bp.before_app_request
+def _check_basic_auth():
+    settings: Settings = current_app.config["NER_SETTINGS"]
+    if not settings.auth_enabled or (request.endpoint or "").split(".")[-1] not in PROTECTED:
+        return None
+    auth = request.authorization
+    ok = (
+        auth is not None
+        and auth.type == "basic"
+        and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+        and hmac.compare_digest((auth.password or "").encode(), (settings.basic_auth_pass or "").encode())
+    )
+    if ok:
+        return None
+    response, status = _error(401, "authentication required: HTTP basic auth with BASIC_AUTH_USER/BASIC_AUTH_PASS")
+    response.headers["WWW-Authenticate"] = 'Basic realm="ner-backend"'
+    return response, status
+
+
+@bp.get("/")
+@bp.get("/health")
+def health():
+    return jsonify(_service().health())
+
+
+@bp.post("/setup")
+def setup():
+    return jsonify(_service().setup(_json_body()))
+
+
+@bp.post("/predict")
+def predict():
+    return jsonify({"results": _service().predict(_json_body())})
+
+
+@bp.post("/webhook")
+def webhook():
+    # Always 200 and always fast: Label Studio gives up after 1 s and a slow webhook blocks its request.
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RequestEntityTooLarge:
+        body = None
+    outcome = _service().handle_webhook(body)
+    if outcome.project is not None:
+        log.info("webhook %s for project %s: %s", outcome.action, outcome.project, outcome.decision)
+    return jsonify({"status": "ok", "action": outcome.action, "project": outcome.project, "decision": outcome.decision})
+
+
+@bp.get("/versions")
+def versions():
+    # Label Studio sends GET /versions with a JSON body {"project": "<id>.<ts>"}; people use ?project=ID.
+    project = request.args.get("project")
+    if project is None:
+        body = request.get_json(force=True, silent=True) if request.get_data(cache=True) else None
+        project = body.get("project") if isinstance(body, dict) else None
+    if project is None:
+        return jsonify(_service().all_versions())
+    return jsonify(_service().versions(project))
+
+
+@bp.get("/status")
+def status():
+    return jsonify(_service().status(request.args.get("project")))
+
+
+@bp.get("/report")
+def report():
+    project = request.args.get("project")
+    if project is None:
+        raise RequestError("name the project: GET /report?project=<id>")
+    return Response(_service().report(project), mimetype="text/html")
+
+
+def _handle_request_error(error: RequestError):
+    return _error(400, str(error))
+
+
+def _handle_http_error(error: HTTPException):
+    if isinstance(error, RequestEntityTooLarge):
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return _error(413, f"request body larger than MAX_REQUEST_BYTES ({limit} bytes); send fewer tasks per request")
+    return _error(error.code or 500, error.description or error.name)
+
+
+def _handle_unexpected(error: Exception):
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return _error(500, f"internal error: {type(error).__name__}: {error}")
+
+
+def create_app(settings: Settings | None = None, service: NerService | None = None) -> Flask:
+    """Build the Flask app; ``service`` defaults to a ``NerService`` over ``settings`` (from the environment)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["NER_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    app.extensions["ner_service"] = service or NerService(settings)
+    app.register_blueprint(bp)
+    app.register_error_handler(RequestError, _handle_request_error)
+    app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(Exception, _handle_unexpected)
+    return app

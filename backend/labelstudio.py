@@ -1,0 +1,135 @@
+"""The backend's client of the Label Studio API (label-studio-sdk): read annotated tasks, write reports back.
+
+Webhook bodies are never trusted as data; everything training uses comes through here with our own credentials.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+REPORT_START = '<section class="ner-backend-report">'
+REPORT_END = "</section>"
+_REPORT_BLOCK = re.compile(re.escape(REPORT_START) + r".*?" + re.escape(REPORT_END), re.DOTALL)
+PAGE_SIZE = 100
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio could not be reached or refused a call; the message says which call and what to check."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where Label Studio is and the key to use; ``repr`` hides the key so it never reaches a log."""
+
+    url: str
+    api_key: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(url={self.url!r}, api_key=<hidden>)"
+
+
+class ProjectClient(Protocol):
+    """What training needs from Label Studio (a fake implements it in tests)."""
+
+    def label_config(self, project: int) -> str: ...
+
+    def annotated_tasks(self, project: int) -> list[dict]: ...
+
+    def write_instruction_block(self, project: int, block_html: str) -> None: ...
+
+    def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool: ...
+
+
+def replace_report_block(instruction: str | None, block_html: str) -> str:
+    """``instruction`` with our marked block replaced by ``block_html`` (appended when absent).
+
+    Everything outside the block is kept exactly as the lead wrote it.
+
+    >>> replace_report_block("Label dishes.", REPORT_START + "v1" + REPORT_END)
+    'Label dishes.\\n<section class="ner-backend-report">v1</section>'
+    >>> replace_report_block('Intro\\n<section class="ner-backend-report">v1</section>\\nOutro',
+    ...                      REPORT_START + "v2" + REPORT_END)
+    'Intro\\n<section class="ner-backend-report">v2</section>\\nOutro'
+    """
+    if not block_html.startswith(REPORT_START) or not block_html.endswith(REPORT_END):
+        raise ValueError("the report block must start with REPORT_START and end with REPORT_END")
+    instruction = instruction or ""
+    if _REPORT_BLOCK.search(instruction):
+        # a function replacement: block_html may hold backslashes that re.sub would read as escapes
+        return _REPORT_BLOCK.sub(lambda _: block_html, instruction, count=1)
+    return f"{instruction}\n{block_html}" if instruction else block_html
+
+
+def _as_dict(item: Any) -> dict:
+    if isinstance(item, dict):
+        return item
+    if hasattr(item, "model_dump"):
+        return item.model_dump(mode="json")
+    return dict(item)
+
+
+class LabelStudioClient:
+    """``ProjectClient`` over label-studio-sdk's ``LabelStudio``.
+
+    The SDK sends a plain (legacy, 40 hex) key as ``Authorization: Token <key>`` and swaps a personal access
+    token (a JWT refresh token) for an access token itself, so both kinds of key work.
+    """
+
+    def __init__(self, credentials: Credentials, timeout: float = 60.0):
+        from label_studio_sdk import LabelStudio  # imported here: only the training child needs it
+
+        self.credentials = credentials
+        self._ls = LabelStudio(base_url=credentials.url, api_key=credentials.api_key, timeout=timeout)
+
+    def _call(self, what: str, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - the SDK raises httpx and ApiError alike
+            status = getattr(error, "status_code", None)
+            hint = " (check LABEL_STUDIO_API_KEY)" if status in (401, 403) else ""
+            raise LabelStudioError(
+                f"Label Studio at {self.credentials.url}: {what} failed: "
+                f"{'HTTP ' + str(status) + ' ' if status else ''}{type(error).__name__}{hint}"
+            ) from None
+
+    def label_config(self, project: int) -> str:
+        found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
+        return found.label_config or ""
+
+    def annotated_tasks(self, project: int) -> list[dict]:
+        """Every task of ``project`` that has at least one annotation, with its annotations, all pages."""
+        def fetch() -> list[dict]:
+            pager = self._ls.tasks.list(project=project, fields="all", only_annotated=True, page_size=PAGE_SIZE)
+            return [_as_dict(task) for task in pager]
+
+        tasks = self._call(f"listing the annotated tasks of project {project}", fetch)
+        # the filter is a server-side hint; keep only tasks that really carry annotations
+        return [task for task in tasks if task.get("annotations")]
+
+    def write_instruction_block(self, project: int, block_html: str) -> None:
+        found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
+        text = replace_report_block(getattr(found, "expert_instruction", None), block_html)
+        self._call(f"updating the instructions of project {project}", self._ls.projects.update,
+                   id=project, expert_instruction=text, show_instruction=True)
+
+    def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool:
+        """Set the description of this backend's ML record in ``project``; False when it cannot be told apart.
+
+        The record is the one whose URL is ``backend_url`` (BACKEND_URL), else the project's only record.
+        """
+        records = list(self._call(f"listing the ML backends of project {project}", self._ls.ml.list, project=project))
+        if backend_url:
+            records = [r for r in records if (r.url or "").rstrip("/") == backend_url.rstrip("/")]
+        if len(records) != 1:
+            log.warning("project %s: %d matching ML backend records; description not written (set BACKEND_URL)",
+                        project, len(records))
+            return False
+        record = records[0]
+        # Label Studio answers 500 to a PATCH of an ML record without url and project in the body
+        self._call(f"updating ML backend {record.id} of project {project}", self._ls.ml.update,
+                   id=record.id, url=record.url, project=project, description=description)
+        return True

@@ -1,0 +1,158 @@
+"""How a training run's scores are shown: the block in the project's instructions, the ML record's one-line
+description, and the ``GET /report`` page (per-entity table and F1 bars, no JavaScript).
+"""
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Iterable
+
+from backend.labelstudio import REPORT_END, REPORT_START
+from backend.store import Manifest
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _per_entity(scores: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return dict((scores or {}).get("per_entity") or {})
+
+
+def _overall(scores: dict[str, Any] | None) -> dict[str, Any]:
+    return dict((scores or {}).get("overall") or {})
+
+
+def _entity_order(manifest: Manifest) -> list[str]:
+    """Config order first (manifest.labels), then any other entity the scores name."""
+    seen = list(manifest.labels)
+    for scores in (manifest.scores, manifest.previous_scores):
+        seen += [label for label in _per_entity(scores) if label not in seen]
+    return seen
+
+
+def _decision(manifest: Manifest) -> str:
+    return "promoted: now serving" if manifest.promoted else "not promoted: the previous model keeps serving"
+
+
+def _table(manifest: Manifest) -> str:
+    """The per-entity table (precision, recall, F1, support, previous model's F1), overall row last; only
+    attributes Label Studio's HTML sanitiser keeps, so the block reads back exactly as written."""
+    rows = []
+    current, previous = _per_entity(manifest.scores), _per_entity(manifest.previous_scores)
+    entries = [(label, current.get(label, {}), previous.get(label, {})) for label in _entity_order(manifest)]
+    entries.append(("overall", _overall(manifest.scores), _overall(manifest.previous_scores)))
+    for label, score, before in entries:
+        cells = [escape(label), _number(score.get("precision")), _number(score.get("recall")),
+                 _number(score.get("f1")), str(score.get("support", "–")), _number(before.get("f1"))]
+        tag = "th" if label == "overall" else "td"
+        rows.append("<tr>" + "".join(f"<{tag}>{cell}</{tag}>" for cell in cells) + "</tr>")
+    previous_name = escape(manifest.previous_version or "previous")
+    header = "".join(f"<th>{name}</th>" for name in
+                     ("entity", "precision", "recall", "F1", "support", f"F1 of {previous_name}"))
+    return (f'<table border="1" cellpadding="4"><thead><tr>{header}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def instruction_block(manifest: Manifest) -> str:
+    """The HTML block written into the project's instructions after a successful training run."""
+    previous = ""
+    if manifest.previous_version:
+        previous = (f" Before: {escape(manifest.previous_version)} with F1 {_number(manifest.previous_f1)} "
+                    "on the same validation tasks.")
+    return (
+        f"{REPORT_START}<h3>NER model {escape(manifest.version)}: F1 {_number(manifest.f1)}</h3>"
+        f"<p>Trained {escape(manifest.created_at)} on {manifest.train_size} tasks, validated on "
+        f"{manifest.validation_size} tasks, in {manifest.training_seconds:.0f} s; "
+        f"<b>{_decision(manifest)}</b>.{previous}</p>"
+        f"{_table(manifest)}{REPORT_END}"
+    )
+
+
+def failure_block(error: str, serving: str | None, when: str) -> str:
+    """The instructions block after a failed run: what failed and which version keeps serving."""
+    return (
+        f"{REPORT_START}<h3>NER model training failed</h3>"
+        f"<p>{escape(when)}: {escape(error)}</p>"
+        f"<p>Serving: {escape(serving or 'no model yet')}.</p>{REPORT_END}"
+    )
+
+
+def ml_description(manifest: Manifest) -> str:
+    """One line for the ML backend record: version, overall P/R/F1, sizes, time, decision."""
+    overall = _overall(manifest.scores)
+    state = "promoted" if manifest.promoted else "not promoted"
+    return (f"{manifest.version} ({state}): P {_number(overall.get('precision'))} "
+            f"R {_number(overall.get('recall'))} F1 {_number(overall.get('f1'))}; "
+            f"train {manifest.train_size} / validation {manifest.validation_size} tasks; {manifest.created_at}")
+
+
+def failure_description(error: str, serving: str | None, when: str) -> str:
+    first_line = error.splitlines()[0] if error else "unknown error"
+    return f"training failed {when}: {first_line[:200]}; serving {serving or 'no model yet'}"
+
+
+_PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.bars { margin: 1em 0; max-width: 44em; }
+.bar-row { display: flex; align-items: center; margin: 3px 0; }
+.bar-label { width: 12em; }
+.bar-track { flex: 1; background: #eee; height: 1.1em; position: relative; }
+.bar { background: #3b7dd8; height: 100%; }
+.bar.previous { background: #aaa; height: 35%; position: absolute; bottom: 0; }
+.bar-value { width: 4em; text-align: right; }
+.muted { color: #777; }
+"""
+
+
+def _bars(manifest: Manifest) -> str:
+    """Per-entity F1 as CSS bars (grey underline: the previous model's F1)."""
+    current, previous = _per_entity(manifest.scores), _per_entity(manifest.previous_scores)
+    rows = []
+    for label in _entity_order(manifest):
+        f1 = current.get(label, {}).get("f1")
+        before = previous.get(label, {}).get("f1")
+        previous_bar = (f'<div class="bar previous" style="width:{100 * before:.1f}%"></div>'
+                        if before is not None else "")
+        rows.append(
+            f'<div class="bar-row"><span class="bar-label">{escape(label)}</span><span class="bar-track">'
+            f'<div class="bar" style="width:{100 * (f1 or 0):.1f}%"></div>{previous_bar}</span>'
+            f'<span class="bar-value">{_number(f1)}</span></div>'
+        )
+    return f'<div class="bars">{"".join(rows)}</div>'
+
+
+def report_page(project: str, manifests: Iterable[Manifest], current: str | None, status: dict[str, Any] | None) -> str:
+    """The ``GET /report`` page of one project: latest run in full, then every version in a table."""
+    manifests = list(manifests)
+    title = f"NER backend: project {escape(str(project))}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+             f"<style>{_PAGE_STYLE}</style></head><body><h1>{title}</h1>",
+             f"<p>Serving: <b>{escape(current or 'no model yet')}</b></p>"]
+    if status and status.get("last_error"):
+        parts.append(f"<p>Last training failed: {escape(str(status['last_error']))}</p>")
+    if status and status.get("running"):
+        progress = status.get("progress") or {}
+        parts.append(f"<p>Training now: {escape(str(progress.get('stage', '')))} step {progress.get('step', 0)}"
+                     f"/{progress.get('total_steps', 0)}, {progress.get('elapsed_s', 0)} s</p>")
+    if not manifests:
+        parts.append("<p class='muted'>No training has finished yet.</p></body></html>")
+        return "".join(parts)
+    latest = manifests[-1]
+    parts.append(f"<h2>Latest run: {escape(latest.version)} (F1 {_number(latest.f1)}, {_decision(latest)})</h2>")
+    parts.append(f"<p class='muted'>{latest.train_size} training and {latest.validation_size} validation tasks, "
+                 f"{latest.training_seconds:.0f} s, base model {escape(latest.base_model)}, {escape(latest.created_at)}."
+                 " Blue: F1 of this version; grey: F1 of the model serving before, on the same validation tasks.</p>")
+    parts.append(_bars(latest))
+    parts.append(_table(latest))
+    parts.append("<h2>All versions</h2><table><thead><tr><th>version</th><th>created</th><th>F1</th>"
+                 "<th>train</th><th>validation</th><th>promoted</th><th>serving</th></tr></thead><tbody>")
+    for manifest in reversed(manifests):
+        parts.append(f"<tr><td>{escape(manifest.version)}</td><td>{escape(manifest.created_at)}</td>"
+                     f"<td>{_number(manifest.f1)}</td><td>{manifest.train_size}</td><td>{manifest.validation_size}</td>"
+                     f"<td>{'yes' if manifest.promoted else 'no'}</td>"
+                     f"<td>{'yes' if manifest.version == current else ''}</td></tr>")
+    parts.append("</tbody></table></body></html>")
+    return "".join(parts)

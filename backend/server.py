@@ -1,0 +1,75 @@
+"""Serve ``create_app`` with gunicorn: one worker process with threads (``python -m backend serve``).
+
+One worker, because the per-project state (loaded predictors, the training job queue, annotation counters)
+lives in that process; threads give concurrency, and training runs in child processes so it never blocks them.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+
+from gunicorn.app.base import BaseApplication
+
+from backend.settings import Settings
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        options = {
+            "bind": f"{self.settings.host}:{self.settings.port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.settings.threads,
+            # the worker's heartbeat, not a request limit: a large /predict batch on CPU may take a while
+            "timeout": 300,
+            "graceful_timeout": 15,
+            "accesslog": "-",
+            "errorlog": "-",
+            "worker_exit": _stop_training,
+            # gunicorn >= 25 opens a control socket at one fixed path per user; several backends (tests, demo)
+            # on one machine would fight over it, and nothing here uses it
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self):
+        # Built in the worker (after gunicorn's fork), so no thread or model crosses a fork.
+        from backend.app import create_app
+
+        return create_app(self.settings)
+
+
+def _stop_training(server, worker) -> None:
+    """Stop training children when the worker exits, so none outlives the server."""
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "extensions", {}).get("ner_service") if app is not None else None
+    if service is not None:
+        service.shutdown()
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the backend until interrupted; ``host``/``port`` override HOST/PORT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = replace(settings, host=host or settings.host, port=port or settings.port)
+    logging.getLogger(__name__).info("settings: %r", settings)  # repr hides the API key and password
+    _Gunicorn(settings).run()
+
+
+def serve_command(args) -> int:
+    """``python -m backend serve [--host H] [--port P]``: settings from the environment, flags win."""
+    from backend.settings import SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    serve(settings, args.host, args.port)
+    return 0

@@ -1,0 +1,266 @@
+"""Versioned models on disk, one folder per project: ``v1``, ``v2``, ... and a ``current.json`` pointer.
+
+A version is trained into a hidden temporary folder and renamed into place whole; the pointer is replaced
+atomically. So a crash or kill at any moment leaves either the old state or the new one, plus at most a
+temporary folder that ``clean_temporary`` removes at start-up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+POINTER = "current.json"
+TEMPORARY_PREFIX = ".tmp-"
+_VERSION = re.compile(r"^v(\d+)$")
+_PROJECT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with seconds, e.g. ``2025-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that made temporary folder ``name`` (``.tmp-<pid>-...``) still runs."""
+    pid = name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Manifest:
+    """What built a version and how it scored; saved as ``manifest.json`` inside the version folder.
+
+    ``scores`` is the candidate's ``Scores.to_dict()`` on the validation split; ``previous_scores`` the
+    model that served before, on the same split (None when there was none).
+    """
+
+    project: str
+    base_model: str
+    labels: list[str]
+    task_ids: list[int] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+    train_size: int = 0
+    validation_size: int = 0
+    training_seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] | None = None
+    previous_version: str | None = None
+    previous_scores: dict[str, Any] | None = None
+    promoted: bool = False
+    decision: str = ""
+    version: str = ""
+    created_at: str = field(default_factory=utc_now)
+
+    @property
+    def f1(self) -> float | None:
+        return _overall_f1(self.scores)
+
+    @property
+    def previous_f1(self) -> float | None:
+        return _overall_f1(self.previous_scores)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _overall_f1(scores: dict[str, Any] | None) -> float | None:
+    try:
+        return float(scores["overall"]["f1"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One line of ``/versions``: name, creation time, validation F1, promoted when trained, serving now."""
+
+    version: str
+    created_at: str
+    f1: float | None
+    promoted: bool
+    current: bool
+    train_size: int
+    validation_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ModelStore:
+    """All projects' model versions under ``root`` (``root/<project>/v<N>``, ``root/<project>/current.json``).
+
+    Safe for one writer per project at a time (the job queue runs one training per project) and any number
+    of readers; several processes may read and write, as the training child and the server do.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    # --- layout -------------------------------------------------------------------------------------------
+    def project_dir(self, project: str) -> Path:
+        project = str(project)
+        if not _PROJECT.match(project):
+            raise ValueError(f"project id {project!r} may only hold letters, digits, '-' and '_'")
+        return self.root / project
+
+    def version_dir(self, project: str, version: str) -> Path:
+        if not _VERSION.match(version):
+            raise ValueError(f"version {version!r} is not a version name like 'v3'")
+        return self.project_dir(project) / version
+
+    def projects(self) -> list[str]:
+        """Projects that have a folder in the store, sorted (numeric ids by number)."""
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and _PROJECT.match(p.name)]
+        return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+    def version_names(self, project: str) -> list[str]:
+        """Committed versions of ``project``, oldest first."""
+        folder = self.project_dir(project)
+        if not folder.is_dir():
+            return []
+        numbered = [(int(m.group(1)), p.name) for p in folder.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))]
+        return [name for _, name in sorted(numbered)]
+
+    # --- writing ------------------------------------------------------------------------------------------
+    def clean_temporary(self) -> list[Path]:
+        """Remove leftovers of trainings that were killed before they committed (call at start-up).
+
+        A folder whose writing process is still alive is left alone, so starting a second server (or a test)
+        on the same MODEL_DIR never deletes a training in progress.
+        """
+        removed = []
+        for project in self.projects():
+            for leftover in self.project_dir(project).glob(TEMPORARY_PREFIX + "*"):
+                if _writer_alive(leftover.name):
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+        return removed
+
+    def new_temporary_dir(self, project: str) -> Path:
+        """An empty hidden folder inside the project's folder (same file system, so the commit is a rename)."""
+        folder = self.project_dir(project)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", dir=folder))
+
+    def commit(self, project: str, temporary_dir: Path, manifest: Manifest) -> str:
+        """Write ``manifest`` into ``temporary_dir`` and rename the folder to the next version name; return it.
+
+        The folder appears under its final name complete or not at all.
+        """
+        with self._lock:
+            names = self.version_names(project)
+            number = int(names[-1][1:]) + 1 if names else 1
+            while True:
+                name = f"v{number}"
+                manifest.version = name
+                write_json_atomically(Path(temporary_dir) / MANIFEST, asdict(manifest))
+                try:
+                    # os.rename onto an existing (non-empty) folder fails, so a racing writer cannot be overwritten
+                    os.rename(temporary_dir, self.version_dir(project, name))
+                    return name
+                except OSError:
+                    if not self.version_dir(project, name).exists():
+                        raise
+                    number += 1
+
+    def promote(self, project: str, version: str) -> None:
+        """Make ``version`` the one served for ``project`` (an atomic replace of the pointer file)."""
+        if not (self.version_dir(project, version) / MANIFEST).is_file():
+            raise FileNotFoundError(f"cannot promote {version} of project {project}: no committed version folder")
+        write_json_atomically(self.project_dir(project) / POINTER, {"version": version, "promoted_at": utc_now()})
+
+    # --- reading ------------------------------------------------------------------------------------------
+    def current(self, project: str) -> str | None:
+        """The version served for ``project``, or None before its first promotion."""
+        data = read_json(self.project_dir(project) / POINTER)
+        version = data.get("version") if isinstance(data, dict) else None
+        if isinstance(version, str) and _VERSION.match(version) and self.version_dir(project, version).is_dir():
+            return version
+        return None
+
+    def pointer_stamp(self, project: str) -> tuple[int, int] | None:
+        """A cheap fingerprint of the pointer file (inode, mtime): it changes whenever a version is promoted."""
+        try:
+            stat = (self.project_dir(project) / POINTER).stat()
+        except (OSError, ValueError):
+            return None
+        return (stat.st_ino, stat.st_mtime_ns)
+
+    def manifest(self, project: str, version: str) -> Manifest | None:
+        data = read_json(self.version_dir(project, version) / MANIFEST)
+        return Manifest.from_dict(data) if isinstance(data, dict) else None
+
+    def versions(self, project: str) -> list[VersionInfo]:
+        """Every committed version of ``project``, oldest first, with time, F1 and flags."""
+        current = self.current(project)
+        infos = []
+        for name in self.version_names(project):
+            manifest = self.manifest(project, name)
+            if manifest is None:
+                continue
+            infos.append(
+                VersionInfo(
+                    version=name,
+                    created_at=manifest.created_at,
+                    f1=manifest.f1,
+                    promoted=manifest.promoted,
+                    current=name == current,
+                    train_size=manifest.train_size,
+                    validation_size=manifest.validation_size,
+                )
+            )
+        return infos
+
+    def latest_manifest(self, project: str) -> Manifest | None:
+        """The newest version's manifest, promoted or not (what the last successful training produced)."""
+        names = self.version_names(project)
+        return self.manifest(project, names[-1]) if names else None

@@ -1,0 +1,122 @@
+"""Stand-ins for the service's collaborators in tests: a Label Studio project, a predictor, a job queue, and
+model versions written into a store without training."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.jobs import JobStatus
+from backend.labelstudio import replace_report_block
+from backend.spans import Span, split_words
+from backend.store import Manifest, ModelStore
+
+CONFIG = """<View>
+  <Labels name="label" toName="text"><Label value="Dish"/><Label value="Price"/><Label value="Cuisine"/></Labels>
+  <Text name="text" value="$text"/>
+</View>"""
+
+# The fake predictor's whole knowledge: word -> label.
+LEXICON = {"pizza": "Dish", "sushi": "Dish", "cheap": "Price", "thai": "Cuisine"}
+
+
+def write_model_folder(folder: Path, labels: list[str]) -> Path:
+    """A folder that looks like a saved model to the service (config.json with BIO id2label)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bio = ["O"] + [f"{p}-{label}" for label in labels for p in ("B", "I")]
+    (folder / "config.json").write_text(json.dumps({"id2label": {str(i): t for i, t in enumerate(bio)}}))
+    return folder
+
+
+def add_version(store: ModelStore, project: str, labels: list[str], f1: float = 0.5, promote: bool = True) -> str:
+    folder = write_model_folder(store.new_temporary_dir(project), labels)
+    scores = {"overall": {"precision": f1, "recall": f1, "f1": f1, "support": 5},
+              "per_entity": {label: {"precision": f1, "recall": f1, "f1": f1, "support": 1} for label in labels}}
+    version = store.commit(project, folder, Manifest(project=project, base_model="fake", labels=labels,
+                                                     scores=scores, promoted=promote))
+    if promote:
+        store.promote(project, version)
+    return version
+
+
+class FakePredictor:
+    """Labels the words of ``LEXICON`` that its model folder knows; score 0.9 per span, 0.8 per text."""
+
+    def __init__(self, model_dir: Path):
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        tags = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+        self.entity_labels = list(dict.fromkeys(t[2:] for t in tags if t != "O"))
+        self.model_dir = Path(model_dir)
+        self.calls: list[list[str]] = []
+
+    def predict(self, texts):
+        from backend.predict import TextPrediction
+
+        self.calls.append(list(texts))
+        out = []
+        for text in texts:
+            spans = [Span(w.start, w.end, LEXICON[w.text.lower()], w.text, 0.9) for w in split_words(text)
+                     if LEXICON.get(w.text.lower()) in self.entity_labels]
+            out.append(TextPrediction(spans, 0.8))
+        return out
+
+
+class CountingLoader:
+    """``load_predictor`` that counts loads per folder."""
+
+    def __init__(self):
+        self.loaded: list[Path] = []
+
+    def __call__(self, model_dir: Path) -> FakePredictor:
+        self.loaded.append(Path(model_dir))
+        return FakePredictor(model_dir)
+
+
+@dataclass
+class FakeJobs:
+    """Records triggers instead of starting processes."""
+
+    triggers: list[tuple[str, dict]] = field(default_factory=list)
+
+    def trigger(self, project: str, payload: dict | None = None) -> str:
+        self.triggers.append((project, dict(payload or {})))
+        return "started"
+
+    def status(self, project: str) -> JobStatus:
+        return JobStatus(project)
+
+    def projects(self) -> list[str]:
+        return sorted({p for p, _ in self.triggers})
+
+    def shutdown(self) -> None:
+        pass
+
+
+class FakeLabelStudio:
+    """A project as the training job sees it through ``ProjectClient``."""
+
+    def __init__(self, tasks: list[dict], config: str = CONFIG, instruction: str = "<p>Label dishes.</p>"):
+        self.tasks, self.config, self.instruction = tasks, config, instruction
+        self.descriptions: list[str] = []
+
+    def label_config(self, project: int) -> str:
+        return self.config
+
+    def annotated_tasks(self, project: int) -> list[dict]:
+        return self.tasks
+
+    def write_instruction_block(self, project: int, block_html: str) -> None:
+        self.instruction = replace_report_block(self.instruction, block_html)
+
+    def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool:
+        self.descriptions.append(description)
+        return True
+
+
+def annotated_task(task_id: int, text: str, annotation_id: int | None = None) -> dict:
+    """A task whose annotation labels every LEXICON word of ``text``."""
+    results = [{"from_name": "label", "to_name": "text", "type": "labels",
+                "value": {"start": w.start, "end": w.end, "text": w.text, "labels": [LEXICON[w.text.lower()]]}}
+               for w in split_words(text) if w.text.lower() in LEXICON]
+    return {"id": task_id, "data": {"text": text},
+            "annotations": [{"id": annotation_id or 1000 + task_id, "result": results, "was_cancelled": False}]}

@@ -1,0 +1,154 @@
+"""Training jobs: a child process per run, one at a time per project, triggers during a run coalesce into
+exactly one more run, and failures (errors, kills) are reported in the status."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.jobs import JobQueue
+
+WAIT_S = 60
+
+
+# --- fake training targets (module level: the spawned child imports them by name) ----------------------------
+def recorded_run(project, payload, progress):
+    """Append the payload's tag to the log, report progress, then wait until the test releases the run."""
+    with open(payload["log"], "a") as log:
+        log.write(f"{project}:{payload.get('tag', '')}\n")
+    progress("training", step=3, total_steps=10, epoch=1)
+    release = Path(payload["release"])
+    deadline = time.monotonic() + WAIT_S
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"tag": payload.get("tag")}
+
+
+def failing_run(project, payload, progress):
+    raise ValueError(f"project {project} has no annotated tasks")
+
+
+def killed_run(project, payload, progress):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_until(condition, timeout=WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def queue_of(tmp_path):
+    queues = []
+
+    def build(target):
+        queue = JobQueue(target, tmp_path / "jobs")
+        queues.append(queue)
+        return queue
+
+    yield build
+    for queue in queues:
+        queue.shutdown()
+
+
+def _payload(tmp_path, tag=""):
+    return {"log": str(tmp_path / "runs.log"), "release": str(tmp_path / "release"), "tag": tag}
+
+
+def _runs(tmp_path):
+    path = tmp_path / "runs.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_triggers_during_a_run_coalesce_into_exactly_one_more_run(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    assert queue.trigger("3", _payload(tmp_path, "first")) == "started"
+    assert _wait_until(lambda: len(_runs(tmp_path)) == 1)
+    answers = [queue.trigger("3", _payload(tmp_path, f"again{i}")) for i in range(5)]
+    assert answers == ["scheduled"] + ["already scheduled"] * 4
+    (tmp_path / "release").touch()
+    assert queue.wait_idle("3", WAIT_S)
+    # the one extra run uses the newest trigger's payload
+    assert _runs(tmp_path) == ["3:first", "3:again4"]
+    status = queue.status("3")
+    assert (status.runs_started, status.runs_finished, status.running, status.pending) == (2, 2, False, False)
+    assert status.last_error is None and status.last_result == {"tag": "again4"}
+
+
+def test_a_trigger_after_a_run_has_finished_starts_a_new_run(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    (tmp_path / "release").touch()
+    queue.trigger("3", _payload(tmp_path, "one"))
+    assert queue.wait_idle("3", WAIT_S)
+    assert queue.trigger("3", _payload(tmp_path, "two")) == "started"
+    assert queue.wait_idle("3", WAIT_S)
+    assert _runs(tmp_path) == ["3:one", "3:two"]
+
+
+def test_trigger_returns_at_once_and_status_shows_the_childs_progress(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    started = time.perf_counter()
+    queue.trigger("3", _payload(tmp_path))
+    assert time.perf_counter() - started < 0.05
+    assert queue.status("3").running
+    assert _wait_until(lambda: (queue.status("3").progress or None) is not None
+                       and queue.status("3").progress.step == 3)
+    progress = queue.status("3").progress
+    assert (progress.stage, progress.step, progress.total_steps, progress.epoch) == ("training", 3, 10, 1)
+    (tmp_path / "release").touch()
+    assert queue.wait_idle("3", WAIT_S)
+
+
+def test_different_projects_train_at_the_same_time(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    queue.trigger("1", _payload(tmp_path))
+    queue.trigger("2", _payload(tmp_path))
+    assert _wait_until(lambda: sorted(_runs(tmp_path)) == ["1:", "2:"])
+    assert queue.status("1").running and queue.status("2").running
+    (tmp_path / "release").touch()
+    assert queue.wait_idle("1", WAIT_S) and queue.wait_idle("2", WAIT_S)
+
+
+def test_a_failed_run_reports_its_error(tmp_path, queue_of):
+    queue = queue_of(failing_run)
+    queue.trigger("7")
+    assert queue.wait_idle("7", WAIT_S)
+    status = queue.status("7")
+    assert not status.running and status.runs_finished == 1
+    assert status.last_error == "ValueError: project 7 has no annotated tasks"
+
+
+def test_a_killed_run_is_reported_as_killed(tmp_path, queue_of):
+    queue = queue_of(killed_run)
+    queue.trigger("7")
+    assert queue.wait_idle("7", WAIT_S)
+    assert "killed by signal 9" in queue.status("7").last_error
+
+
+def test_a_success_after_a_failure_clears_the_error(tmp_path, queue_of):
+    failing = queue_of(failing_run)
+    failing.trigger("7")
+    assert failing.wait_idle("7", WAIT_S)
+    assert failing.status("7").last_error
+    failing.target = recorded_run
+    (tmp_path / "release").touch()
+    failing.trigger("7", _payload(tmp_path))
+    assert failing.wait_idle("7", WAIT_S)
+    assert failing.status("7").last_error is None
+
+
+def test_shutdown_stops_a_running_child(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    queue.trigger("3", _payload(tmp_path))
+    assert _wait_until(lambda: len(_runs(tmp_path)) == 1)
+    started = time.monotonic()
+    queue.shutdown(timeout=20)
+    assert time.monotonic() - started < 20
+    status = queue.status("3")
+    assert not status.running and "shut down" in status.last_error
+    assert queue.trigger("3", _payload(tmp_path)) == "shutting down"

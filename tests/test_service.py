@@ -1,0 +1,214 @@
+"""The training job body (``train_project``): fetch, convert, split, train, evaluate candidate and current on
+the same validation tasks, keep every version, promote only if not worse, report back into the project."""
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from backend.labelstudio import REPORT_START, LabelStudioError
+from backend.metrics import EntityScore, Scores
+from backend.service import TrainingDataError, credentials_for, project_id, train_project
+from backend.settings import Settings
+from backend.store import ModelStore
+from tests.service_fakes import FakeLabelStudio, annotated_task, write_model_folder
+
+TEXTS = ["cheap pizza near me", "thai food please", "sushi for two", "where can i get cheap sushi",
+         "best thai pizza", "a quiet place", "pizza and sushi", "cheap eats downtown", "thai curry", "open late"]
+
+
+def _tasks():
+    return [annotated_task(i + 1, text) for i, text in enumerate(TEXTS)]
+
+
+class FakeTraining:
+    """train_fn/evaluate_fn pair: the candidate scores ``candidate_f1``, older versions ``current_f1``."""
+
+    def __init__(self, candidate_f1=0.8, current_f1=0.6, fail=False):
+        self.candidate_f1, self.current_f1, self.fail = candidate_f1, current_f1, fail
+        self.trained_on, self.validated_on, self.evaluated = None, None, []
+
+    def train(self, examples, bio_labels, config, out_dir, validation=None, progress=None):
+        if self.fail:
+            (Path(out_dir) / "partial.bin").write_bytes(b"x")
+            raise RuntimeError("CUDA out of memory")
+        self.trained_on, self.validated_on = examples, validation
+        write_model_folder(Path(out_dir), [t[2:] for t in bio_labels[1::2]])
+        (Path(out_dir) / "candidate").touch()
+        progress(SimpleNamespace(step=1, total_steps=1, epoch=1, elapsed_s=0.1))
+        return SimpleNamespace(model_dir=Path(out_dir), metrics={})
+
+    def evaluate(self, model_dir, examples):
+        self.evaluated.append((Path(model_dir), len(examples)))
+        f1 = self.candidate_f1 if (Path(model_dir) / "candidate").exists() and len(self.evaluated) == 1 \
+            else self.current_f1
+        score = EntityScore(f1, f1, f1, len(examples))
+        return Scores(score, {"Dish": score})
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(model_dir=tmp_path / "models", base_model="base")
+
+
+def _train(settings, client, fake, project="3"):
+    store = ModelStore(settings.model_dir)
+    summary = train_project(settings, project, client, store, train_fn=fake.train, evaluate_fn=fake.evaluate)
+    return store, summary
+
+
+def test_the_first_training_is_promoted_and_reported_into_the_project(settings):
+    client, fake = FakeLabelStudio(_tasks()), FakeTraining()
+    store, summary = _train(settings, client, fake)
+    assert summary["version"] == "v1" and summary["promoted"] and store.current("3") == "v1"
+    manifest = store.manifest("3", "v1")
+    assert sorted(manifest.task_ids) == list(range(1, 11))
+    assert sorted(manifest.annotation_ids) == list(range(1001, 1011))
+    assert manifest.train_size + manifest.validation_size == 10 and manifest.validation_size >= 1
+    assert manifest.labels == ["Dish", "Price", "Cuisine"] and manifest.f1 == 0.8
+    assert client.instruction.startswith("<p>Label dishes.</p>") and REPORT_START in client.instruction
+    assert client.descriptions and client.descriptions[-1].startswith("v1 (promoted)")
+
+
+def test_the_split_is_deterministic_and_both_models_are_scored_on_the_same_validation_tasks(settings):
+    client = FakeLabelStudio(_tasks())
+    first = FakeTraining()
+    _train(settings, client, first)
+    second = FakeTraining(candidate_f1=0.9, current_f1=0.8)
+    store, summary = _train(settings, client, second)
+    assert [e.text for e in first.validated_on] == [e.text for e in second.validated_on]
+    # candidate and current model, each on every validation task
+    assert [n for _, n in second.evaluated] == [len(second.validated_on)] * 2
+    assert second.evaluated[1][0] == store.version_dir("3", "v1")
+    assert summary["previous_version"] == "v1" and summary["previous_f1"] == 0.8
+
+
+def test_a_worse_candidate_is_kept_but_not_promoted(settings):
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining(candidate_f1=0.8))
+    store, summary = _train(settings, client, FakeTraining(candidate_f1=0.5, current_f1=0.8))
+    assert summary["version"] == "v2" and not summary["promoted"]
+    assert store.current("3") == "v1" and store.version_names("3") == ["v1", "v2"]
+    assert "not promoted" in client.instruction and "v2 (not promoted)" in client.descriptions[-1]
+
+
+def test_an_equal_candidate_is_promoted(settings):
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining(candidate_f1=0.7))
+    store, summary = _train(settings, client, FakeTraining(candidate_f1=0.7, current_f1=0.7))
+    assert summary["promoted"] and store.current("3") == "v2"
+
+
+def test_with_promote_if_not_worse_off_every_candidate_is_promoted(settings):
+    settings = replace(settings, promote_if_not_worse=False)
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining(candidate_f1=0.8))
+    store, _ = _train(settings, client, FakeTraining(candidate_f1=0.1, current_f1=0.8))
+    assert store.current("3") == "v2"
+
+
+def test_reporting_can_be_switched_off(settings):
+    settings = replace(settings, report_to_label_studio=False)
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining())
+    assert client.instruction == "<p>Label dishes.</p>" and client.descriptions == []
+
+
+def test_too_few_annotated_tasks_is_an_error_that_says_what_to_do(settings):
+    client = FakeLabelStudio(_tasks()[:1] + [{"id": 99, "data": {"text": "x"}, "annotations": []}])
+    with pytest.raises(TrainingDataError, match="Annotate more tasks"):
+        _train(settings, client, FakeTraining())
+    assert ModelStore(settings.model_dir).version_names("3") == []
+
+
+def test_a_failed_training_leaves_the_served_version_and_no_temporary_folder(settings):
+    client = FakeLabelStudio(_tasks())
+    store, _ = _train(settings, client, FakeTraining())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _train(settings, client, FakeTraining(fail=True))
+    assert store.current("3") == "v1" and store.version_names("3") == ["v1"]
+    assert not list(store.project_dir("3").glob(".tmp-*"))
+
+
+def test_a_report_that_cannot_be_written_does_not_lose_the_version(settings):
+    class Unreachable(FakeLabelStudio):
+        def write_instruction_block(self, project, block_html):
+            raise LabelStudioError("Label Studio at http://x: updating failed")
+
+    store, summary = _train(settings, Unreachable(_tasks()), FakeTraining())
+    assert store.current("3") == summary["version"] == "v1"
+
+
+def test_credentials_prefer_the_settings_and_fall_back_to_what_setup_sent(settings):
+    payload = {"hostname": "http://ls:8080", "access_token": "from-setup"}
+    assert credentials_for(settings, payload).api_key == "from-setup"
+    configured = replace(settings, label_studio_url="http://other:8080", label_studio_api_key="from-env")
+    assert credentials_for(configured, payload).url == "http://other:8080"
+    assert credentials_for(configured, payload).api_key == "from-env"
+    assert "from-env" not in repr(credentials_for(configured, payload))
+    with pytest.raises(LabelStudioError, match="LABEL_STUDIO_API_KEY"):
+        credentials_for(settings, {})
+
+
+def test_a_failed_job_is_reported_into_the_project_like_a_result(settings, monkeypatch):
+    import backend.service as service_module
+    from backend.service import run_training_job
+
+    client = FakeLabelStudio(_tasks()[:1])
+    monkeypatch.setattr(service_module, "LabelStudioClient", lambda credentials: client)
+    payload = {"hostname": "http://ls:8080", "access_token": "t"}
+    with pytest.raises(TrainingDataError):
+        run_training_job(settings, "3", payload, lambda *args, **kwargs: None)
+    assert client.instruction.startswith("<p>Label dishes.</p>") and "training failed" in client.instruction
+    assert client.descriptions[-1].startswith("training failed") and "no model yet" in client.descriptions[-1]
+
+
+@pytest.mark.parametrize("value, expected", [("12.1718000000", "12"), (12, "12"), ("7", "7"), ({"id": 4}, "4")])
+def test_the_project_id_comes_from_label_studios_project_key(value, expected):
+    assert project_id(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, "abc.123", {"title": "x"}, True, ""])
+def test_a_missing_or_malformed_project_id_is_rejected(value):
+    with pytest.raises(ValueError):
+        project_id(value)
+
+
+@pytest.mark.slow
+def test_a_real_tiny_model_trains_through_the_job_and_then_serves_predictions(tmp_path, tiny_base_model):
+    """The whole job with the real training and prediction code on a tiny BERT; then the service serves it."""
+    from backend.service import NerService
+    from tests.helpers.synthetic import restaurant_examples
+    from backend.tasks import example_to_task
+    from backend.schema import load_label_config
+
+    schema = load_label_config(Path(__file__).resolve().parents[1] / "label_config" / "restaurant.xml")
+    tasks = []
+    for i, example in enumerate(restaurant_examples(120, seed=3)):
+        task = example_to_task(example, schema)
+        task["id"] = i + 1
+        task["annotations"][0]["id"] = 500 + i
+        tasks.append(task)
+    client = FakeLabelStudio(tasks, config=(Path(__file__).resolve().parents[1] / "label_config" /
+                                            "restaurant.xml").read_text())
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "BASE_MODEL": str(tiny_base_model),
+                                  "TRAIN_EPOCHS": "3", "TRAIN_LR": "3e-3", "TRAIN_BATCH_SIZE": "16",
+                                  "TRAIN_THREADS": "2", "TRAIN_FREEZE_EMBEDDINGS": "false"})
+    store = ModelStore(settings.model_dir)
+    summary = train_project(settings, "8", client, store)
+    assert summary["version"] == "v1" and store.current("8") == "v1"
+    assert (store.version_dir("8", "v1") / "model.safetensors").is_file()
+    assert summary["f1"] is not None and "F1" in client.instruction
+
+    service = NerService(settings, store=store)
+    texts = ["cheap pizza near downtown", "", "a five star thai place open late"]
+    results = service.predict({"project": "8.1700000000", "label_config": client.config,
+                               "tasks": [{"id": i, "data": {"text": t}} for i, t in enumerate(texts)]})
+    assert len(results) == 3 and all(r["model_version"] == "v1" for r in results)
+    assert results[1]["result"] == []
+    for text, result in zip(texts, results):
+        for span in result["result"]:
+            value = span["value"]
+            assert text[value["start"]:value["end"]] == value["text"]
+            assert value["labels"][0] in schema.labels
+    service.shutdown()

@@ -1,0 +1,64 @@
+"""Settings come from environment variables under Label Studio's names; bad values name the variable."""
+from pathlib import Path
+
+import pytest
+
+from backend.settings import Settings, SettingsError
+
+
+def test_an_empty_environment_gives_safe_defaults():
+    settings = Settings.from_env({})
+    assert settings.label_studio_url is None and settings.label_studio_api_key is None
+    assert settings.model_dir == Path("models")
+    assert settings.base_model == "distilbert-base-uncased"
+    assert (settings.host, settings.port) == ("127.0.0.1", 9090)
+    assert settings.train_every_n == 10
+    assert settings.promote_if_not_worse and settings.report_to_label_studio
+    assert not settings.auth_enabled
+    assert settings.training.overrides() == {}
+
+
+def test_every_variable_is_read(tmp_path):
+    start = tmp_path / "start"
+    start.mkdir()
+    settings = Settings.from_env({
+        "LABEL_STUDIO_URL": "http://ls:8080/", "LABEL_STUDIO_API_KEY": "k" * 40, "MODEL_DIR": str(tmp_path),
+        "BASE_MODEL": "some/model", "START_MODEL": str(start), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p",
+        "HOST": "0.0.0.0", "PORT": "9999", "THREADS": "3", "BACKEND_URL": "http://backend:9090",
+        "TRAIN_EVERY_N": "0", "PROMOTE_IF_NOT_WORSE": "false", "REPORT_TO_LABEL_STUDIO": "no",
+        "VALIDATION_FRACTION": "0.3", "MAX_REQUEST_BYTES": "1000", "TRAIN_NICE": "0",
+        "TRAIN_EPOCHS": "4", "TRAIN_LR": "3e-5", "TRAIN_BATCH_SIZE": "8", "TRAIN_SEED": "7", "TRAIN_THREADS": "2",
+    })
+    assert settings.label_studio_url == "http://ls:8080"
+    assert settings.model_dir == tmp_path and settings.start_model == start
+    assert (settings.host, settings.port, settings.threads) == ("0.0.0.0", 9999, 3)
+    assert settings.auth_enabled and settings.basic_auth_pass == "p"
+    assert settings.train_every_n == 0 and not settings.promote_if_not_worse and not settings.report_to_label_studio
+    assert settings.validation_fraction == 0.3 and settings.max_request_bytes == 1000
+    assert settings.training.overrides() == {"epochs": 4, "lr": 3e-5, "batch_size": 8, "seed": 7, "threads": 2}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PORT", "http"), ("PORT", "70000"), ("TRAIN_EVERY_N", "-1"), ("PROMOTE_IF_NOT_WORSE", "maybe"),
+    ("VALIDATION_FRACTION", "1.5"), ("MAX_REQUEST_BYTES", "0"), ("LABEL_STUDIO_URL", "localhost:8080"),
+    ("TRAIN_EPOCHS", "three"), ("THREADS", "0"),
+])
+def test_an_invalid_value_is_an_error_naming_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_basic_auth_needs_both_user_and_password():
+    with pytest.raises(SettingsError, match="BASIC_AUTH_PASS"):
+        Settings.from_env({"BASIC_AUTH_USER": "admin"})
+
+
+def test_start_model_must_be_an_existing_folder(tmp_path):
+    with pytest.raises(SettingsError, match="START_MODEL"):
+        Settings.from_env({"START_MODEL": str(tmp_path / "missing")})
+
+
+def test_the_printed_settings_never_show_secrets():
+    settings = Settings.from_env({"LABEL_STUDIO_API_KEY": "secret-key-123", "BASIC_AUTH_USER": "u",
+                                  "BASIC_AUTH_PASS": "secret-pass-456"})
+    assert "secret-key-123" not in repr(settings) and "secret-pass-456" not in repr(settings)
