@@ -23,7 +23,7 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 setup: $(VENV)/.installed $(LS_VENV)/.installed
 
 demo: setup
-	$(PY) -m exporters convert ../shared/data/mit_restaurant/restaurantvalid.bio --to tasks -o demo-data/tasks.json
+	$(PY) scripts/demo.py
 
 test: setup
 	$(PY) -m pytest
