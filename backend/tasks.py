@@ -183,8 +183,9 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
     """A schema guessed from exported tasks when no label config is given.
 
     ``from_name``/``to_name``: the most common pair among ``labels`` results; labels: in first-seen order;
-    data key: ``data_key`` if given, else the task data field named like ``to_name``, else ``text``, else the
-    only string field of the first task. Without any labels result: ``label``/``text`` and no labels.
+    data key: ``data_key`` if given, else the task data field named like ``to_name``, else the string field where
+    the spans' ``value.text`` sits at their offsets, else ``text``, else the first string field of the first task.
+    Without any labels result: ``label``/``text`` and no labels.
     """
     tasks = [t for t in tasks if isinstance(t, dict)]
     pairs: Counter = Counter()
@@ -212,8 +213,34 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
         strings = [k for k, v in data.items() if isinstance(v, str)]
         if to_name in data:
             data_key = to_name
+        elif matching := _fields_matching_spans(tasks, from_name, strings):
+            data_key = matching[0]
         elif "text" in data or not strings:
             data_key = "text"
         else:
             data_key = strings[0]
     return LabelSchema(str(from_name), str(to_name), data_key, tuple(labels))
+
+
+def _fields_matching_spans(tasks: list[dict], from_name: Any, keys: list[str]) -> list[str]:
+    """Data fields (among ``keys``) where ``from_name``'s spans point at their own ``value.text``, best first.
+
+    The text field of a task with several string fields (``title``, ``review``, ...) is the one the spans fit.
+    """
+    hits: Counter = Counter()
+    for task in tasks:
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        for annotation in task.get("annotations") or []:
+            if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+                continue
+            for result in annotation.get("result") or []:
+                value = result.get("value") if isinstance(result, dict) else None
+                if not isinstance(value, dict) or result.get("from_name") != from_name or not value.get("text"):
+                    continue
+                start, end = value.get("start"), value.get("end")
+                for key in keys:
+                    text = data.get(key)
+                    if isinstance(text, str) and isinstance(start, int) and isinstance(end, int) \
+                            and text[start:end] == value["text"]:
+                        hits[key] += 1
+    return [key for key, _ in hits.most_common()]
