@@ -1,0 +1,164 @@
+"""End to end against a real Label Studio: import, connect the backend, Start Training, retrieve predictions.
+
+One scenario runs once (module fixture); each test states one thing Label Studio users rely on. Its timings
+appear in the terminal summary and as JSON among the test's temporary files.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from scripts.scenario import (
+    LatencyProbe,
+    backend_status,
+    connect_backend,
+    create_project,
+    examples_to_tasks,
+    import_tasks,
+    project_key,
+    read_label_config,
+    retrieve_predictions,
+    start_training,
+    text_tasks,
+    wait_until,
+)
+from scripts.stack import get_json, post_json
+
+pytestmark = pytest.mark.e2e
+
+N_ANNOTATED = 200
+N_UNLABELLED = 20
+LEAD_INSTRUCTION = "<p>Label every dish and cuisine. <b>Written by the project lead.</b></p>"
+TRAINING_TIMEOUT_S = 300
+
+
+@dataclass
+class ScenarioOutcome:
+    """Everything the scenario observed; the tests below only read it."""
+
+    unlabelled: dict[int, str]  # task id -> text
+    labels: set[str]
+    version_before: str | None
+    serving_version: str
+    predictions: dict[int, list] = field(default_factory=dict)  # task id -> Label Studio prediction objects
+    versions: list[dict] = field(default_factory=list)
+    runs_started: int = 0
+    runs_finished: int = 0
+    pending_after_second_press: bool = False
+    last_error: str | None = None
+    instruction: str = ""
+    ml_description: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+def _setup_version(backend_url: str, body: dict) -> str | None:
+    return post_json(f"{backend_url}/setup", body, timeout=10.0).get("model_version")
+
+
+@pytest.fixture(scope="module")
+def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
+    from tests.helpers.synthetic import LABELS, restaurant_examples
+
+    ls = label_studio.client()
+    label_config = read_label_config()
+    project_id = create_project(ls, "E2E restaurant reviews", label_config, instruction=LEAD_INSTRUCTION)
+    annotated = examples_to_tasks(restaurant_examples(N_ANNOTATED, seed=5), label_config)
+    unlabelled_texts = [example.text for example in restaurant_examples(N_UNLABELLED, seed=99)]
+    task_ids = import_tasks(ls, project_id, annotated + text_tasks(unlabelled_texts))
+    unlabelled = dict(zip(task_ids[N_ANNOTATED:], unlabelled_texts))
+    ml_id = connect_backend(ls, project_id, ml_backend.url, title="NER backend (e2e)")
+
+    key = project_key(ls, project_id)
+    probe = LatencyProbe(ml_backend.url, key, label_config, unlabelled_texts,
+                         ls_url=label_studio.url, token=label_studio.token)
+    setup_body = probe.setup_body  # what Label Studio sends to /setup
+    version_before = _setup_version(ml_backend.url, setup_body)
+    status = lambda: backend_status(ml_backend.url, project_id)  # noqa: E731
+
+    pressed = time.monotonic()
+    start_training(ls, ml_id)
+    wait_until(lambda: status().runs_started >= 1, 60, "the first training run to start")
+    probe.start()  # /setup, /webhook and /predict latency while training runs
+    # Two more presses while the first run is going: they must coalesce into exactly one more run.
+    start_training(ls, ml_id)
+    start_training(ls, ml_id)
+    after_presses = status()
+    wait_until(lambda: probe.predicted_version() not in (None, version_before),
+               TRAINING_TIMEOUT_S, "predictions from the first trained version", interval_s=0.25)
+    time_to_serving_s = time.monotonic() - pressed
+    wait_until(lambda: (lambda s: not s.running and not s.pending and s.runs_finished >= s.runs_started)(status()),
+               TRAINING_TIMEOUT_S, "training to finish (both runs)")
+    all_runs_s = time.monotonic() - pressed
+    training_latency = probe.stop().summary()
+
+    idle = LatencyProbe(ml_backend.url, key, label_config, unlabelled_texts)
+    idle_latency = idle.sample(rounds=20).summary()
+
+    final = status()
+    serving_version = _setup_version(ml_backend.url, setup_body)
+    retrieve_predictions(ls, project_id, list(unlabelled))
+    predictions = {task_id: list(ls.predictions.list(task=task_id)) for task_id in unlabelled}
+    project = ls.projects.get(id=project_id)
+    record = ls.ml.get(id=ml_id)
+    versions_body = get_json(f"{ml_backend.url}/versions?project={project_id}")
+    versions = versions_body.get("details", [])
+
+    result = ScenarioOutcome(
+        unlabelled=unlabelled, labels=set(LABELS), version_before=version_before, serving_version=serving_version,
+        predictions=predictions, versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
+        pending_after_second_press=after_presses.pending, last_error=final.last_error,
+        instruction=project.expert_instruction or "", ml_description=record.description or "",
+        timings={
+            "start_training_to_new_version_serving_s": round(time_to_serving_s, 1),
+            "start_training_to_both_runs_done_s": round(all_runs_s, 1),
+            "latency_while_training": training_latency,
+            "latency_idle": idle_latency,
+            "versions": [{name: v.get(name) for name in ("version", "f1", "promoted")} for v in versions],
+            "annotated_tasks": N_ANNOTATED, "model": "tiny BERT (tests/helpers/tiny_model.py)",
+        },
+    )
+    record_timings(result.timings)
+    return result
+
+
+def test_start_training_produces_a_new_version_that_serves(outcome):
+    assert outcome.last_error is None, f"a training run failed: {outcome.last_error}"
+    assert outcome.serving_version, "/setup names no model version after training"
+    assert outcome.serving_version != outcome.version_before
+
+
+def test_second_start_training_during_a_run_coalesces_into_exactly_one_more_run(outcome):
+    assert outcome.pending_after_second_press, "presses during the first run did not schedule another run"
+    assert (outcome.runs_started, outcome.runs_finished) == (2, 2)
+    assert len(outcome.versions) == 2, f"expected one version per run, /versions has {outcome.versions}"
+
+
+def test_retrieve_predictions_gives_one_prediction_per_task_from_the_new_version(outcome):
+    for task_id, predictions in outcome.predictions.items():
+        assert len(predictions) == 1, f"task {task_id} has {len(predictions)} predictions"
+        assert predictions[0].model_version == outcome.serving_version
+
+
+def test_predicted_spans_have_exact_offsets_and_known_labels(outcome):
+    spans = 0
+    for task_id, predictions in outcome.predictions.items():
+        text = outcome.unlabelled[task_id]
+        for result in predictions[0].result:
+            value = result["value"]
+            assert text[value["start"]:value["end"]] == value["text"], f"task {task_id}: {value}"
+            assert set(value["labels"]) <= outcome.labels
+            spans += 1
+    # the synthetic sentences are easy: a trained model that finds nothing at all did not learn
+    assert spans > 0, "the trained model predicted no entity in any of the unlabelled tasks"
+
+
+def test_scores_are_in_the_project_instructions_and_the_ml_record(outcome):
+    assert outcome.instruction.startswith(LEAD_INSTRUCTION), "the lead's own instructions were changed"
+    latest = outcome.versions[-1]["version"]  # the block reports the last run, promoted or not
+    f1 = f"{outcome.versions[-1]['f1']:.3f}"  # backend/report.py writes scores with 3 decimals
+    assert latest in outcome.instruction and f"F1 {f1}" in outcome.instruction
+    missing = [label for label in outcome.labels if label not in outcome.instruction]
+    assert not missing, f"the per-entity table lacks {missing}"
+    assert latest in outcome.ml_description and f"F1 {f1}" in outcome.ml_description
