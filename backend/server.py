@@ -5,8 +5,10 @@ lives in that process; threads give concurrency, and training runs in child proc
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import threading
 from dataclasses import replace
 
 from gunicorn.app.base import BaseApplication
@@ -43,7 +45,11 @@ class _Gunicorn(BaseApplication):
         # Built in the worker (after gunicorn's fork), so no thread or model crosses a fork.
         from backend.app import create_app
 
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        # Importing torch + transformers takes seconds; doing it now, off the request path, keeps the first
+        # /predict after a project's first training from waiting for it.
+        threading.Thread(target=importlib.import_module, args=("backend.predict",), name="warm-up", daemon=True).start()
+        return app
 
 
 def _stop_training(server, worker) -> None:
