@@ -8,11 +8,157 @@ import argparse
 import sys
 
 
+# --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
+def _read_examples(paths: list[str], label_config: str | None):
+    """Examples from every --data file (format detected) and the BIO label list: the config's, else the data's."""
+    from backend.formats import entity_labels, load_examples, restrict_labels
+    from backend.spans import ConversionReport
+
+    schema = None
+    if label_config:
+        from backend.schema import load_label_config
+
+        schema = load_label_config(label_config)
+    report, examples = ConversionReport(), []
+    for path in paths:
+        examples.extend(load_examples(path, schema=schema, report=report))
+    if schema is not None:
+        examples = restrict_labels(examples, schema.labels, report)
+        bio = list(schema.bio_labels)
+    else:
+        bio = ["O"] + [f"{p}-{label}" for label in entity_labels(examples) for p in ("B", "I")]
+    if report:
+        print(f"read {len(examples)} examples; {report.summary()}", file=sys.stderr)
+    return examples, bio
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from backend.train import TrainingConfig, train_model
+
+    examples, bio = _read_examples(args.data, args.label_config)
+    options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "max_length", "threads",
+                                               "device", "precision", "validation_fraction") if getattr(args, k) is not None}
+    config = TrainingConfig(base_model=args.base_model, freeze_word_embeddings=not args.train_word_embeddings, **options)
+    bar = tqdm(total=None, unit="step", file=sys.stderr, desc="training")
+
+    def show(progress) -> None:
+        bar.total = progress.total_steps
+        bar.set_postfix(epoch=progress.epoch, refresh=False)
+        bar.update(progress.step - bar.n)
+
+    result = train_model(examples, bio, config, Path(args.out), progress=show)
+    bar.close()
+    metrics = result.metrics
+    overall = metrics.get("overall") or {}
+    print(f"saved {result.model_dir}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+          f"validation F1 {overall.get('f1', float('nan')):.4f} on {metrics['validation_size']} examples, "
+          f"{metrics['train_time_s']:.0f} s, {metrics['samples_per_s']:.1f} samples/s")
+    return 0
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from backend.metrics import score_tags
+    from backend.predict import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device, threads=args.threads)
+    examples, _ = _read_examples(args.data, None)
+    predicted: list[list[str]] = []
+    chunk = 256
+    for at in tqdm(range(0, len(examples), chunk), unit="chunk", file=sys.stderr, desc="evaluating"):
+        predicted.extend(predictor.predict_tags([e.tokens for e in examples[at:at + chunk]]))
+    scores = score_tags([e.tags for e in examples], predicted)
+    print(json.dumps(scores.to_dict()) if args.json else scores.table())
+    return 0
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from backend.predict import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device, threads=args.threads)
+
+    def flush(lines: list[str]) -> None:
+        for text, prediction in zip(lines, predictor.predict(lines)):
+            spans = [asdict(span) for span in prediction.spans]
+            print(json.dumps({"text": text, "score": prediction.score, "spans": spans}, ensure_ascii=False))
+        sys.stdout.flush()
+
+    pending: list[str] = []
+    for line in sys.stdin:
+        pending.append(line.rstrip("\r\n"))
+        if len(pending) >= args.batch_size:
+            flush(pending)
+            pending = []
+    if pending:
+        flush(pending)
+    return 0
+
+
+def add_model_commands(commands) -> None:
+    """The train, evaluate and predict subcommands."""
+    train = commands.add_parser("train", help="fine-tune a model on BIO / CoNLL 2003 / Label Studio JSON files")
+    train.add_argument("--data", action="append", required=True, metavar="FILE",
+                       help="training file (repeatable); format detected: BIO, CoNLL 2003 or Label Studio JSON export")
+    train.add_argument("--base-model", default="distilbert-base-uncased",
+                       help="hub id or local folder to start from (default: distilbert-base-uncased)")
+    train.add_argument("--out", required=True, metavar="DIR", help="folder for the trained version")
+    train.add_argument("--label-config", metavar="XML",
+                       help="Label Studio label config: its labels (in its order) become the model's; default: labels seen in the data")
+    train.add_argument("--epochs", type=int, help="default: 3, more on small data (at least 300 optimizer steps)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
+    train.add_argument("--batch-size", type=int, help="sentences per optimizer step (default 32; 16 below 2000 sentences)")
+    train.add_argument("--seed", type=int, help="random seed (default 42)")
+    train.add_argument("--max-length", type=int, help="subwords per window; longer texts are split (default 128)")
+    train.add_argument("--validation-fraction", type=float, help="share held out to pick the best epoch (default 0.1)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
+    train.add_argument("--train-word-embeddings", action="store_true",
+                       help="also update the vocabulary embeddings (frozen by default: faster, same F1; needed for randomly initialised models)")
+    train.set_defaults(handler=_train_command)
+
+    evaluate = commands.add_parser("evaluate", help="score a saved model on annotated files (word-level seqeval)")
+    evaluate.add_argument("--model", required=True, metavar="DIR")
+    evaluate.add_argument("--data", action="append", required=True, metavar="FILE")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int)
+    evaluate.set_defaults(handler=_evaluate_command)
+
+    predict = commands.add_parser("predict", help="texts on stdin (one per line) -> JSON lines of spans on stdout")
+    predict.add_argument("--model", required=True, metavar="DIR")
+    predict.add_argument("--batch-size", type=int, default=64, help="lines predicted together (default 64)")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--threads", type=int)
+    predict.set_defaults(handler=_predict_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     # --- model commands (train / evaluate / predict) ---
+    add_model_commands(commands)
     # --- serve ---
+    serve = commands.add_parser("serve", help="run the ML backend HTTP server (gunicorn; settings from the environment)")
+    serve.add_argument("--host", help="bind address (default: HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: PORT, else 9090)")
+
+    def run_server(args: argparse.Namespace) -> int:
+        from backend.server import serve_command  # imported on use: gunicorn is not needed by the other commands
+
+        return serve_command(args)
+
+    serve.set_defaults(handler=run_server)
     return parser
 
 

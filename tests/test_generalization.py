@@ -240,8 +240,6 @@ def test_odd_texts_in_one_batch_get_the_same_spans_as_one_at_a_time(predictor):
         assert [(s.start, s.end, s.label) for s in prediction.spans] == [(s.start, s.end, s.label) for s in alone.spans]
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="backend/predict.py _forward indexes with an empty float "
-                   "tensor when no word of a batch has a subword (only zero-width, NUL, U+FFFD, soft hyphen, lone accent)")
 @pytest.mark.slow  # trains a tiny transformer (once per module)
 @pytest.mark.parametrize("text", ["\u200b", "\x00 \ufeff", "\ufffd\ufffd", "\u0301", "\xad"])
 def test_a_text_whose_only_characters_the_tokenizer_drops_gives_no_spans(predictor, text):
@@ -355,8 +353,6 @@ def test_after_setup_predict_may_leave_out_the_label_config(trained, service):
     assert_valid_results(text, results[0]["result"])
 
 
-@pytest.mark.xfail(strict=True, reason="backend/predict.py _forward: IndexError when no word of a batch has a "
-                   "subword, so /predict answers 500 for a task whose text is only e.g. U+FFFD or zero-width chars")
 @pytest.mark.slow  # trains a tiny transformer (once per module)
 def test_predict_over_http_answers_a_text_of_only_unreadable_characters_with_an_empty_result(trained, service):
     from backend.app import create_app

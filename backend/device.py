@@ -1,0 +1,102 @@
+"""Hardware detection: which device and numeric precision training and prediction use, decided at run time.
+
+fp32 on the CPU is the fallback everywhere; bf16 is chosen only where the hardware computes it natively.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: dynamic int8 linear layers, CPU inference only
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and in which precision, with the reason for the choice (it goes into metrics.json)."""
+
+    device: torch.device
+    precision: str  # "fp32" | "bf16" | "fp16" | "int8"
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        # int8 keeps fp32 activations; only the linear layers' weights are quantized (see backend.predict).
+        return {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where that file does not exist, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix units (AMX) or bf16 dot products (AVX-512 BF16).
+
+    Without them PyTorch emulates bf16 and it is slower than fp32, so it must not be chosen.
+    """
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto`` -> the first CUDA GPU when present, else the CPU; anything else is passed to torch.device."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} asked for, but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def _check(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def training_placement(device: str = "auto", precision: str = "auto") -> Placement:
+    """Device and precision for training. On CUDA ``auto`` is bf16 autocast (fp16 on GPUs without bf16).
+
+    On the CPU ``auto`` stays fp32: measured at the stand-in model's size, bf16 autocast gave no gain even
+    with AMX (casting costs what the faster matmuls save; ../shared/baseline.md).
+    """
+    _check(precision)
+    where = resolve_device(device)
+    if precision == "int8":
+        raise ValueError("int8 is for CPU inference only; train in fp32, bf16 or fp16")
+    if precision != "auto":
+        return Placement(where, precision, "asked for")
+    if where.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Placement(where, "bf16", "CUDA GPU with bf16")
+        return Placement(where, "fp16", "CUDA GPU without bf16")
+    return Placement(where, "fp32", "CPU training: bf16 autocast does not pay at this model size")
+
+
+def inference_placement(device: str = "auto", precision: str = "auto") -> Placement:
+    """Device and precision for prediction: ``auto`` casts the model to bf16 on CUDA and on CPUs with native
+    bf16 (AMX / AVX-512 BF16), and keeps fp32 elsewhere."""
+    _check(precision)
+    where = resolve_device(device)
+    if precision == "int8" and where.type != "cpu":
+        raise ValueError("int8 prediction runs on the CPU only; use --device cpu or another precision")
+    if precision != "auto":
+        return Placement(where, precision, "asked for")
+    if where.type == "cuda":
+        return Placement(where, "bf16" if torch.cuda.is_bf16_supported() else "fp16", "CUDA GPU")
+    if cpu_has_native_bf16():
+        return Placement(where, "bf16", "CPU with native bf16 (AMX or AVX-512 BF16)")
+    return Placement(where, "fp32", "CPU without native bf16")
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit PyTorch's intra-op threads (None leaves PyTorch's default: one per core)."""
+    if threads:
+        torch.set_num_threads(threads)

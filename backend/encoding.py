@@ -1,0 +1,147 @@
+"""Words -> model inputs shared by training and prediction: subword windows that fit the model, and padded batches.
+
+Each word is represented by its FIRST subword; texts longer than the model's maximum become overlapping windows.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Window:
+    """A run of consecutive words of one word list, as one model input.
+
+    ``input_ids`` holds the special tokens around the words' subwords; ``word_positions[k]`` is the position of
+    the first subword of word ``first_word + k`` in ``input_ids``, or -1 when the tokenizer produced no subword
+    for it (e.g. a lone control character).
+    """
+
+    sentence: int
+    first_word: int
+    input_ids: list[int]
+    word_positions: list[int]
+
+    @property
+    def end_word(self) -> int:
+        return self.first_word + len(self.word_positions)
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single sequence ([CLS] / [SEP] for BERT-style models)."""
+    # Read off by tokenizing one word with and without special tokens (works for any tokenizer family).
+    full = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for at in range(len(full) - len(bare) + 1):
+        if full[at:at + len(bare)] == bare:
+            return full[:at], full[at + len(bare):]
+    raise ValueError(f"cannot find where {type(tokenizer).__name__} puts its special tokens")
+
+
+def word_windows(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Cut words with ``lengths`` subwords each into windows ``[start, end)`` of at most ``budget`` subwords.
+
+    Consecutive windows overlap by half, so every span shorter than half a window lies whole in one window and
+    every word sits near the middle of some window.
+
+    >>> word_windows([1, 1, 1], budget=8)
+    [(0, 3)]
+    >>> word_windows([2, 2, 2, 2, 2], budget=4)
+    [(0, 2), (1, 3), (2, 4), (3, 5)]
+    """
+    n = len(lengths)
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        end, used = start, 0
+        while end < n and used + lengths[end] <= budget:
+            used += lengths[end]
+            end += 1
+        end = max(end, start + 1)  # a word longer than the budget was truncated by the caller; never stall
+        windows.append((start, end))
+        if end >= n:
+            break
+        start = max(start + 1, start + (end - start) // 2)
+    return windows
+
+
+def encode_word_lists(tokenizer, word_lists: Sequence[Sequence[str]], max_length: int) -> list[Window]:
+    """Tokenize word lists (one tokenizer call for all) and cut each into windows of at most ``max_length`` ids."""
+    prefix, suffix = special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for words next to the special tokens")
+    nonempty = [i for i, words in enumerate(word_lists) if len(words)]
+    if not nonempty:
+        return []
+    encoded = tokenizer(
+        [list(word_lists[i]) for i in nonempty],
+        is_split_into_words=True,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    windows: list[Window] = []
+    for row, sentence in enumerate(nonempty):
+        pieces: list[list[int]] = [[] for _ in word_lists[sentence]]
+        for token_id, word_id in zip(encoded["input_ids"][row], encoded.word_ids(row)):
+            if word_id is not None:
+                pieces[word_id].append(token_id)
+        pieces = [p[:budget] for p in pieces]
+        for start, end in word_windows([len(p) for p in pieces], budget):
+            ids, positions = list(prefix), []
+            for piece in pieces[start:end]:
+                positions.append(len(ids) if piece else -1)
+                ids.extend(piece)
+            ids.extend(suffix)
+            windows.append(Window(sentence, start, ids, positions))
+    return windows
+
+
+def centrality(window: Window, word: int, n_words: int) -> int:
+    """How far ``word`` is from the nearest cut of ``window`` (a text boundary is not a cut: no context is lost)."""
+    left = word - window.first_word if window.first_word > 0 else n_words
+    right = window.end_word - 1 - word if window.end_word < n_words else n_words
+    return min(left, right)
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, chunk_batches: int = 50
+) -> list[list[int]]:
+    """Shuffle indices, sort each chunk of ``chunk_batches`` batches by length, cut batches, shuffle the batches.
+
+    Batches of similar lengths waste little compute on padding, while the order stays random from epoch to epoch.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * chunk_batches
+    batches: list[list[int]] = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i:i + chunk], key=lambda j: lengths[j])
+        batches.extend(part[k:k + batch_size] for k in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(windows: Sequence[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of windows padded on the right to the longest of them."""
+    width = max(len(w.input_ids) for w in windows)
+    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for row, window in enumerate(windows):
+        ids[row, : len(window.input_ids)] = torch.tensor(window.input_ids, dtype=torch.long)
+        mask[row, : len(window.input_ids)] = 1
+    return ids, mask
+
+
+def label_batch(windows: Sequence[Window], word_labels: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Training targets: each word's label id at its first subword, -100 (ignored by the loss) elsewhere."""
+    labels = torch.full((len(windows), width), -100, dtype=torch.long)
+    for row, (window, tags) in enumerate(zip(windows, word_labels)):
+        for k, position in enumerate(window.word_positions):
+            if position >= 0:
+                labels[row, position] = tags[window.first_word + k]
+    return labels

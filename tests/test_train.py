@@ -1,0 +1,134 @@
+"""Training: a tiny randomly initialised BERT really learns the synthetic restaurant sentences; the saved version
+is self-contained; long texts are split into overlapping windows so no annotated word is lost."""
+import json
+import random
+
+import pytest
+from transformers import AutoConfig, AutoTokenizer
+
+from backend.encoding import encode_word_lists, word_windows
+from backend.spans import Example, tokens_to_text
+from backend.train import TrainingConfig, TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
+from tests.conftest import TINY_RECIPE
+from tests.helpers.synthetic import bio_labels, restaurant_examples
+
+
+def test_trained_tiny_model_scores_well_above_chance_on_heldout_sentences(tiny_trained_model, tiny_base_model,
+                                                                          synthetic_heldout, tmp_path):
+    trained = evaluate_model(tiny_trained_model.model_dir, synthetic_heldout).overall.f1
+    assert trained > 0.5
+    # The same base model before training (random head) scores near nothing: the learning is real.
+    untrained = train_model(restaurant_examples(20, seed=3), bio_labels(),
+                            TrainingConfig(base_model=str(tiny_base_model), epochs=1, lr=1e-9, threads=2),
+                            tmp_path / "untrained")
+    assert evaluate_model(untrained.model_dir, synthetic_heldout).overall.f1 < 0.2 < trained
+
+
+def test_saved_version_holds_weights_tokenizer_label_map_and_metrics(tiny_trained_model):
+    folder = tiny_trained_model.model_dir
+    assert (folder / "model.safetensors").is_file()
+    config = AutoConfig.from_pretrained(folder)
+    assert [config.id2label[i] for i in range(len(config.id2label))] == bio_labels()
+    AutoTokenizer.from_pretrained(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(tiny_trained_model.metrics))
+    assert set(metrics["overall"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["per_entity"]) <= {label[2:] for label in bio_labels() if label != "O"}
+    assert metrics["train_size"] + metrics["validation_size"] == 300
+    assert metrics["validation_size"] > 0
+    for key in ("train_time_s", "samples_per_s", "best_epoch", "versions", "config", "device", "precision"):
+        assert key in metrics
+    assert metrics["versions"]["torch"] and metrics["versions"]["transformers"]
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+    assert metrics["overall"]["f1"] == max(record["f1"] for record in metrics["history"])
+
+
+def test_same_seed_gives_the_same_model(tiny_base_model, tmp_path):
+    examples = restaurant_examples(40, seed=4)
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1})
+    first = train_model(examples, bio_labels(), config, tmp_path / "a")
+    second = train_model(examples, bio_labels(), config, tmp_path / "b")
+    assert (first.model_dir / "model.safetensors").read_bytes() == (second.model_dir / "model.safetensors").read_bytes()
+
+
+def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path):
+    seen: list[TrainingProgress] = []
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2})
+    train_model(restaurant_examples(40, seed=5), bio_labels(), config, tmp_path / "m", progress=seen.append)
+    assert [p.step for p in seen] == list(range(1, seen[-1].total_steps + 1))
+    assert {p.epoch for p in seen} <= {1, 2} and seen[-1].elapsed_s > 0
+
+
+def test_given_validation_is_used_instead_of_a_carved_one(tiny_base_model, tmp_path):
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1})
+    result = train_model(restaurant_examples(30, seed=6), bio_labels(), config, tmp_path / "m",
+                         validation=restaurant_examples(7, seed=7))
+    assert (result.metrics["train_size"], result.metrics["validation_size"]) == (30, 7)
+
+
+def test_tags_outside_the_label_list_are_rejected_naming_the_example(tiny_base_model, tmp_path):
+    text, words = tokens_to_text(["cheap", "thai"])
+    bad = Example(text, words, ["O", "B-Cheese"], source="file.bio:3")
+    with pytest.raises(ValueError, match="file.bio:3.*B-Cheese"):
+        train_model([bad] * 4, bio_labels(), TrainingConfig(base_model=str(tiny_base_model), epochs=1), tmp_path / "m")
+
+
+def test_small_data_gets_more_epochs_until_the_minimum_number_of_steps():
+    config = TrainingConfig()
+    assert planned_epochs(config, steps_per_epoch=200) == config.default_epochs
+    assert planned_epochs(config, steps_per_epoch=10) * 10 >= config.min_steps
+    assert planned_epochs(config, steps_per_epoch=1) == config.max_epochs
+    assert planned_epochs(TrainingConfig(epochs=2), steps_per_epoch=1) == 2
+
+
+def test_validation_carve_is_deterministic_and_disjoint():
+    examples = restaurant_examples(200, seed=8)
+    train, validation = carve_validation(examples, 0.1)
+    assert carve_validation(list(reversed(examples)), 0.1)[1] == list(reversed(validation))
+    assert 5 < len(validation) < 40 and len(train) + len(validation) == 200
+    assert not {e.text for e in train} & {e.text for e in validation}
+
+
+def test_long_texts_become_overlapping_windows_that_keep_every_span_whole(tiny_base_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    long = [e for e in restaurant_examples(30, seed=9)]
+    tokens = [t for e in long for t in e.tokens]
+    tags = [t for e in long for t in e.tags]
+    windows = encode_word_lists(tokenizer, [tokens], max_length=24)
+    assert len(windows) > 3 and all(len(w.input_ids) <= 24 for w in windows)
+    assert windows[0].first_word == 0 and windows[-1].end_word == len(tokens)
+    covered = {i for w in windows for i in range(w.first_word, w.end_word)}
+    assert covered == set(range(len(tokens)))
+    # Every entity lies wholly inside at least one window.
+    starts = [i for i, t in enumerate(tags) if t.startswith("B-")]
+    for start in starts:
+        end = start + 1
+        while end < len(tags) and tags[end].startswith("I-"):
+            end += 1
+        assert any(w.first_word <= start and end <= w.end_word for w in windows), (start, end)
+
+
+def test_word_windows_overlap_by_half_and_never_exceed_the_budget():
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 4) for _ in range(100)]
+    windows = word_windows(lengths, budget=16)
+    assert all(sum(lengths[s:e]) <= 16 for s, e in windows)
+    for (s1, e1), (s2, e2) in zip(windows, windows[1:]):
+        assert s1 < s2 < e1  # consecutive windows overlap and move forward
+
+
+def test_first_subword_of_each_word_carries_the_label(tiny_base_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    # "sushiramen" is not in the vocabulary: it splits into several pieces, and only the first is marked.
+    (window,) = encode_word_lists(tokenizer, [["cheap", "sushiramen", "food"]], max_length=32)
+    pieces = tokenizer.convert_ids_to_tokens(window.input_ids)
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
+    assert [pieces[p] for p in window.word_positions] == ["cheap", "sushi", "food"]
+    assert window.word_positions == [1, 2, len(pieces) - 2]
+    assert all(piece.startswith("##") for piece in pieces[3:-2])
+
+
+def test_saved_weights_are_those_of_the_best_epoch(tiny_trained_model, synthetic_train):
+    _, validation = carve_validation(synthetic_train, TrainingConfig().validation_fraction)
+    saved = evaluate_model(tiny_trained_model.model_dir, validation).overall.f1
+    assert saved == pytest.approx(tiny_trained_model.metrics["overall"]["f1"])
