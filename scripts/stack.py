@@ -207,10 +207,7 @@ class LabelStudioServer:
             env=self.environment(),
             log_path=self.data_dir / "label-studio.log",
         )
-        self.managed.start()
-        return self.managed.wait_healthy(
-            f"{self.url}/health", self.startup_timeout_s, is_up=lambda body: body.get("status") == "UP"
-        )
+        return _start_until_up(self.managed, self.url, self.startup_timeout_s)
 
     def stop(self) -> None:
         if self.managed is not None:
@@ -221,6 +218,12 @@ class LabelStudioServer:
         from label_studio_sdk import LabelStudio
 
         return LabelStudio(base_url=self.url, api_key=self.token)
+
+
+def _start_until_up(managed: ManagedProcess, url: str, timeout_s: float) -> float:
+    """Start ``managed`` and wait until ``url``/health answers status UP; returns the seconds it took."""
+    managed.start()
+    return managed.wait_healthy(f"{url}/health", timeout_s, is_up=lambda body: body.get("status") == "UP")
 
 
 @dataclass
@@ -269,10 +272,7 @@ class BackendServer:
             env=self.environment(),
             log_path=self.log_path or (self.model_dir / "backend.log"),
         )
-        self.managed.start()
-        return self.managed.wait_healthy(
-            f"{self.url}/health", self.startup_timeout_s, is_up=lambda body: body.get("status") == "UP"
-        )
+        return _start_until_up(self.managed, self.url, self.startup_timeout_s)
 
     def stop(self) -> None:
         if self.managed is not None:

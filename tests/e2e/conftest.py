@@ -39,19 +39,25 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    executable = label_studio_bin()
-    if not executable.exists():
-        unavailable(f"{executable} is missing: run `make setup` (creates .venv-ls) or set LABEL_STUDIO_BIN")
-    server = LabelStudioServer(data_dir=tmp_path_factory.mktemp("label-studio"))
+def _running(server):
+    """Yield ``server`` started (a failed start fails the test with the launcher's message); stop it afterwards."""
     try:
         server.start()
     except StackError as error:
         server.stop()
         pytest.fail(str(error), pytrace=False)
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    executable = label_studio_bin()
+    if not executable.exists():
+        unavailable(f"{executable} is missing: run `make setup` (creates .venv-ls) or set LABEL_STUDIO_BIN")
+    yield from _running(LabelStudioServer(data_dir=tmp_path_factory.mktemp("label-studio")))
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +78,7 @@ def ml_backend(label_studio, tiny_base_model_dir, tmp_path_factory):
         base_model=str(tiny_base_model_dir),
         extra_env=TINY_TRAINING_ENV,
     )
-    try:
-        server.start()
-    except StackError as error:
-        server.stop()
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    server.stop()
+    yield from _running(server)
 
 
 @pytest.fixture(scope="session")
