@@ -252,6 +252,9 @@ class JobQueue:
                 result = outcome.get("result")
             else:
                 error = outcome.get("error") or _exit_message(process.exitcode, self._closing)
+            with self._lock:
+                job.process = None
+            process.close()  # release its pipe now, not at garbage collection: a server runs many trainings
         except Exception as failure:  # noqa: BLE001 - e.g. the target cannot be pickled; report, don't die
             error = f"could not run the training process: {type(failure).__name__}: {failure}"
         if error:

@@ -357,9 +357,10 @@ class NerService:
         payload = {"hostname": state.hostname, "access_token": state.access_token}
         return self.jobs.trigger(project, payload)
 
-    def train_now(self, project: str) -> str:
-        """Start (or schedule) a training run for ``project`` as START_TRAINING would."""
-        return self._start_training(project, self._state(project))
+    def _annotations_since_training(self, project: str) -> int:
+        with self._lock:  # read only: a status query must not create a project
+            state = self._projects.get(project)
+        return state.annotations_since_training if state is not None else 0
 
     # --- reading ------------------------------------------------------------------------------------------
     def projects(self) -> list[str]:
@@ -374,7 +375,7 @@ class NerService:
         return {
             "current_version": self.store.current(project),
             "training": job.pop("running"),
-            "annotations_since_training": self._state(project).annotations_since_training,
+            "annotations_since_training": self._annotations_since_training(project),
             **job,
         }
 
@@ -503,8 +504,9 @@ def train_project(
         def on_progress(p) -> None:
             progress("training", step=p.step, total_steps=p.total_steps, epoch=p.epoch)
 
-        result = train_fn(train_examples, schema.bio_labels, config, temporary,
-                          validation=validation_examples or None, progress=on_progress)
+        # Training picks its best epoch on a carve of its own: the project's validation split stays unseen, so
+        # the candidate and the current model are compared on equal terms.
+        result = train_fn(train_examples, schema.bio_labels, config, temporary, progress=on_progress)
         seconds = time.monotonic() - started
         if Path(result.model_dir).resolve() != temporary.resolve():
             raise RuntimeError(f"training saved the model in {result.model_dir}, expected {temporary}")

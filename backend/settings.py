@@ -5,6 +5,7 @@ Names follow Label Studio's own ML backends (LABEL_STUDIO_URL, MODEL_DIR, BASIC_
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
@@ -67,6 +68,19 @@ def _port(value: str) -> int:
     if not 1 <= number <= 65535:
         raise ValueError(value)
     return number
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError(value)
+    return value
+
+
+def _precision(value: str) -> str:
+    # the training precisions of backend.device (int8 is for prediction only)
+    if value not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(value)
+    return value
 
 
 def _url(value: str) -> str:
@@ -159,8 +173,8 @@ class Settings:
                 batch_size=_parse(env, "TRAIN_BATCH_SIZE", positive, "a whole number >= 1", None),
                 max_length=_parse(env, "TRAIN_MAX_LENGTH", _at_least(8, int), "a whole number >= 8", None),
                 seed=_parse(env, "TRAIN_SEED", int, "a whole number", None),
-                device=_text(env, "TRAIN_DEVICE"),
-                precision=_text(env, "TRAIN_PRECISION"),
+                device=_parse(env, "TRAIN_DEVICE", _device, "auto, cpu, cuda or cuda:N", None),
+                precision=_parse(env, "TRAIN_PRECISION", _precision, "auto, fp32, bf16 or fp16", None),
                 threads=_parse(env, "TRAIN_THREADS", positive, "a whole number >= 1", None),
                 freeze_word_embeddings=_parse(env, "TRAIN_FREEZE_EMBEDDINGS", _boolean, "true or false", None),
             ),

@@ -259,8 +259,3 @@ class ModelStore:
                 )
             )
         return infos
-
-    def latest_manifest(self, project: str) -> Manifest | None:
-        """The newest version's manifest, promoted or not (what the last successful training produced)."""
-        names = self.version_names(project)
-        return self.manifest(project, names[-1]) if names else None

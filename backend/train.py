@@ -189,6 +189,7 @@ def train_model(
     started = time.perf_counter()
     set_threads(config.threads)
     bio_labels = list(bio_labels)
+    validation_given = validation is not None
     if validation is None:
         train_set, validation = carve_validation(examples, config.validation_fraction)
     else:
@@ -292,7 +293,7 @@ def train_model(
     metrics = {
         "overall": best_scores.to_dict()["overall"] if best_scores else None,
         "per_entity": best_scores.to_dict()["per_entity"] if best_scores else {},
-        "scored_on": "validation carved from the training data" if validation is not None else None,
+        "scored_on": "the given validation set" if validation_given else "validation carved from the training data",
         "train_size": len(train_set),
         "validation_size": len(validation or []),
         "train_windows": len(windows),

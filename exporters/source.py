@@ -23,11 +23,6 @@ class ProjectExport:
     tasks: list[dict]
 
 
-def read_export_file(path) -> list[dict]:
-    """The tasks of a Label Studio JSON export file (``formats.FormatError`` if it is not one)."""
-    return read_tasks_json(path)
-
-
 def _as_dict(task: Any) -> dict:
     if isinstance(task, dict):
         return task

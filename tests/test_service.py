@@ -26,7 +26,7 @@ class FakeTraining:
 
     def __init__(self, candidate_f1=0.8, current_f1=0.6, fail=False):
         self.candidate_f1, self.current_f1, self.fail = candidate_f1, current_f1, fail
-        self.trained_on, self.validated_on, self.evaluated = None, None, []
+        self.trained_on, self.validated_on, self.evaluated, self.scored_texts = None, None, [], []
 
     def train(self, examples, bio_labels, config, out_dir, validation=None, progress=None):
         if self.fail:
@@ -40,6 +40,7 @@ class FakeTraining:
 
     def evaluate(self, model_dir, examples):
         self.evaluated.append((Path(model_dir), len(examples)))
+        self.scored_texts.append([e.text for e in examples])
         f1 = self.candidate_f1 if (Path(model_dir) / "candidate").exists() and len(self.evaluated) == 1 \
             else self.current_f1
         score = EntityScore(f1, f1, f1, len(examples))
@@ -70,15 +71,17 @@ def test_the_first_training_is_promoted_and_reported_into_the_project(settings):
     assert client.descriptions and client.descriptions[-1].startswith("v1 (promoted)")
 
 
-def test_the_split_is_deterministic_and_both_models_are_scored_on_the_same_validation_tasks(settings):
+def test_the_split_is_deterministic_and_both_models_are_scored_on_the_same_held_out_tasks(settings):
     client = FakeLabelStudio(_tasks())
     first = FakeTraining()
     _train(settings, client, first)
     second = FakeTraining(candidate_f1=0.9, current_f1=0.8)
     store, summary = _train(settings, client, second)
-    assert [e.text for e in first.validated_on] == [e.text for e in second.validated_on]
-    # candidate and current model, each on every validation task
-    assert [n for _, n in second.evaluated] == [len(second.validated_on)] * 2
+    held_out = first.scored_texts[0]
+    assert held_out and second.scored_texts == [held_out, held_out]  # candidate and current model, same tasks
+    # training never sees the held-out tasks, not even to pick its best epoch
+    assert second.validated_on is None
+    assert not set(held_out) & {e.text for e in second.trained_on}
     assert second.evaluated[1][0] == store.version_dir("3", "v1")
     assert summary["previous_version"] == "v1" and summary["previous_f1"] == 0.8
 
