@@ -10,7 +10,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -220,7 +220,7 @@ class NerService:
         return self._start_labels
 
     def _start_version(self) -> str:
-        return START_PREFIX + Path(self.settings.start_model or "model").name
+        return start_version(self.settings)
 
     def _start_model(self) -> LoadedModel | None:
         if self.settings.start_model is None:
@@ -428,9 +428,8 @@ def training_config(settings: Settings):
     """``backend.train.TrainingConfig`` from the settings: base model plus the TRAIN_* overrides that are set."""
     from backend.train import TrainingConfig
 
-    known = {f.name for f in fields(TrainingConfig)}
-    overrides = {k: v for k, v in settings.training.overrides().items() if k in known}
-    return TrainingConfig(base_model=settings.base_model, **overrides)
+    # every TrainingKnobs field is a TrainingConfig field: a renamed one fails here, loudly
+    return TrainingConfig(base_model=settings.base_model, **settings.training.overrides())
 
 
 def credentials_for(settings: Settings, payload: dict) -> Credentials:
@@ -445,13 +444,18 @@ def credentials_for(settings: Settings, payload: dict) -> Credentials:
     return Credentials(url.rstrip("/"), key)
 
 
+def start_version(settings: Settings) -> str:
+    """The version name predictions of START_MODEL carry (``start-<folder name>``)."""
+    return START_PREFIX + Path(settings.start_model or "model").name
+
+
 def _previous_model(settings: Settings, store: ModelStore, project: str, schema: LabelSchema) -> tuple[str, Path] | None:
     """The model serving before this run (current version, else a fitting start model) for the comparison."""
     current = store.current(project)
     if current is not None:
         return current, store.version_dir(project, current)
     if settings.start_model is not None and fits(model_entity_labels(settings.start_model), schema):
-        return START_PREFIX + settings.start_model.name, settings.start_model
+        return start_version(settings), settings.start_model
     return None
 
 
