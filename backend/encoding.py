@@ -109,19 +109,33 @@ def centrality(window: Window, word: int, n_words: int) -> int:
 
 
 def length_grouped_batches(
-    lengths: Sequence[int], batch_size: int, rng: random.Random, chunk_batches: int = 50
+    lengths: Sequence[int], batch_size: int, rng: random.Random, chunk_batches: int = 50,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
     """Shuffle indices, sort each chunk of ``chunk_batches`` batches by length, cut batches, shuffle the batches.
 
     Batches of similar lengths waste little compute on padding, while the order stays random from epoch to epoch.
+    With ``max_tokens`` a batch also stops growing before its padded size (sentences x longest length) would pass
+    it: batches of long texts hold fewer of them, which bounds the memory of one step.
+
+    >>> batches = length_grouped_batches([3, 3, 3, 3, 9, 9], batch_size=4, rng=random.Random(0), max_tokens=12)
+    >>> sorted(sorted(batch) for batch in batches)  # four 3s fill 12 tokens; two 9s would pad to 18
+    [[0, 1, 2, 3], [4], [5]]
     """
     order = list(range(len(lengths)))
     rng.shuffle(order)
     chunk = batch_size * chunk_batches
     batches: list[list[int]] = []
     for i in range(0, len(order), chunk):
-        part = sorted(order[i:i + chunk], key=lambda j: lengths[j])
-        batches.extend(part[k:k + batch_size] for k in range(0, len(part), batch_size))
+        batch: list[int] = []
+        for j in sorted(order[i:i + chunk], key=lambda j: lengths[j]):
+            too_wide = max_tokens is not None and batch and (len(batch) + 1) * lengths[j] > max_tokens
+            if len(batch) == batch_size or too_wide:
+                batches.append(batch)
+                batch = []
+            batch.append(j)
+        if batch:
+            batches.append(batch)
     rng.shuffle(batches)
     return batches
 

@@ -1,6 +1,8 @@
 """Word-level NER scores: seqeval's entity matching over IOB2 word tags, overall and per entity type.
 
 Counts follow seqeval's default (CoNLL ``conlleval``) mode, the one the tutorial's metric reports, so figures compare.
+The chunking is written out here rather than imported: ``seqeval.metrics`` pulls in scikit-learn and SciPy (about
+130 MB in every training process). tests/test_metrics.py checks it against seqeval itself on random tag sequences.
 """
 from __future__ import annotations
 
@@ -8,7 +10,33 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from seqeval.metrics.sequence_labeling import get_entities
+
+# seqeval's rules, by (previous tag, tag) letter: where an entity ends before the current word, or starts at it.
+_ENDS = {("B", "B"), ("B", "S"), ("B", "O"), ("I", "B"), ("I", "S"), ("I", "O")}
+_STARTS = {("E", "E"), ("E", "I"), ("S", "E"), ("S", "I"), ("O", "E"), ("O", "I")}
+
+
+def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(type, first word, last word)`` of every entity in one sentence's tags, chunked as seqeval's default mode.
+
+    A tag is a letter (B, I, E, S or O) and a type after a dash. An entity also starts where the type changes,
+    so ``I-x`` after ``O`` opens one (the lenient CoNLL reading).
+
+    >>> entities(["B-Dish", "I-Dish", "O", "I-Price", "B-Price"])
+    [('Dish', 0, 1), ('Price', 3, 3), ('Price', 4, 4)]
+    """
+    found = []
+    previous_tag, previous_type, begin = "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):
+        tag, type_ = chunk[:1], chunk[1:].split("-", 1)[-1] or "_"
+        type_changed = previous_type != type_
+        if (previous_tag in ("E", "S") or (previous_tag, tag) in _ENDS
+                or (previous_tag not in ("O", ".") and type_changed)):
+            found.append((previous_type, begin, i - 1))
+        if tag in ("B", "S") or (previous_tag, tag) in _STARTS or (tag not in ("O", ".") and type_changed):
+            begin = i
+        previous_tag, previous_type = tag, type_
+    return found
 
 
 @dataclass
@@ -68,10 +96,9 @@ def score_tags(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
     for i, (gold_tags, predicted_tags) in enumerate(zip(gold, predicted)):
         if len(gold_tags) != len(predicted_tags):
             raise ValueError(f"sentence {i}: {len(gold_tags)} gold tags but {len(predicted_tags)} predicted")
-        # seqeval's get_entities reads one flat sequence; scoring per sentence keeps entities from joining
-        # across a sentence boundary.
-        gold_entities = set(get_entities(list(gold_tags)))
-        predicted_entities = set(get_entities(list(predicted_tags)))
+        # Per sentence: entities never join across a sentence boundary (as in seqeval's nested-list input).
+        gold_entities = set(entities(gold_tags))
+        predicted_entities = set(entities(predicted_tags))
         found.update(label for label, _, _ in gold_entities)
         guessed.update(label for label, _, _ in predicted_entities)
         hits.update(label for label, _, _ in gold_entities & predicted_entities)

@@ -102,7 +102,7 @@ class TrainingKnobs:
     device: str | None = None
     precision: str | None = None
     threads: int | None = None
-    freeze_word_embeddings: bool | None = None
+    freeze_embeddings: bool | None = None
 
     def overrides(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -176,6 +176,6 @@ class Settings:
                 device=_parse(env, "TRAIN_DEVICE", _device, "auto, cpu, cuda or cuda:N", None),
                 precision=_parse(env, "TRAIN_PRECISION", _precision, "auto, fp32, bf16 or fp16", None),
                 threads=_parse(env, "TRAIN_THREADS", positive, "a whole number >= 1", None),
-                freeze_word_embeddings=_parse(env, "TRAIN_FREEZE_EMBEDDINGS", _boolean, "true or false", None),
+                freeze_embeddings=_parse(env, "TRAIN_FREEZE_EMBEDDINGS", _boolean, "true or false", None),
             ),
         )

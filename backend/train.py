@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from backend.device import Placement, set_threads, training_placement
+from backend.dropout import use_fast_dropout
 from backend.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
 from backend.metrics import Scores, score_tags
 from backend.predict import Predictor
@@ -33,6 +34,7 @@ class TrainingConfig:
     lr: float = 3e-4  # peak learning rate of the linear warm-up / linear decay schedule
     batch_size: int | None = None  # None: 32, or `small_data_batch_size` below `small_data_size` training windows
     small_data_batch_size: int = 16
+    max_batch_tokens: int | None = 768  # cap on a batch's padded size (texts x longest subwords): bounds a step's memory
     small_data_size: int = 2000
     max_length: int = 128  # subwords per window, special tokens included; longer texts become overlapping windows
     seed: int = 42  # set before the classifier head is created, so a run is reproducible
@@ -46,7 +48,8 @@ class TrainingConfig:
     default_epochs: int = 3
     min_steps: int = 300  # small data needs many optimizer steps to learn at all (../shared/baseline.md)
     max_epochs: int = 40  # upper bound for the automatic epoch count on tiny data
-    freeze_word_embeddings: bool = True  # skip the dense update of the vocabulary matrix (half of a small model)
+    freeze_embeddings: bool = True  # keep the embedding block fixed: no dense update of the vocabulary matrix
+    dropout: float | None = None  # probability for every dropout of the model (None: the model's own)
     frozen_layers: int = 0  # keep the lowest N transformer layers fixed: no backward pass through them
     head_lr: float | None = None  # learning rate of the new classifier head (None: `lr`)
     eval_batch_size: int = 64
@@ -74,7 +77,7 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "accelerate", "seqeval", "tokenizers"):
+    for name in ("torch", "transformers", "tokenizers"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -119,16 +122,29 @@ def _label_ids(examples: Sequence[Example], bio_labels: Sequence[str]) -> list[l
 
 
 def _freeze(model, config: TrainingConfig) -> None:
-    if config.freeze_word_embeddings:
+    """Mark the parameters the recipe keeps fixed; they get no gradient, no optimizer state, no update."""
+    if config.freeze_embeddings:
+        # The vocabulary matrix, plus the position/type embeddings and their LayerNorm ("...embeddings...." in
+        # BERT, DistilBERT and RoBERTa alike): with all of them fixed no gradient is computed below layer 0.
         model.get_input_embeddings().weight.requires_grad_(False)
+        for name, parameter in model.named_parameters():
+            if re.search(r"(^|\.)embeddings\.", name):
+                parameter.requires_grad_(False)
     if config.frozen_layers:
         # Layer parameters are named "...layer.<i>...." in BERT, DistilBERT and RoBERTa alike.
         for name, parameter in model.named_parameters():
             match = re.search(r"\blayer\.(\d+)\.", name)
             if match and int(match.group(1)) < config.frozen_layers:
                 parameter.requires_grad_(False)
-            elif config.freeze_word_embeddings and "embeddings" in name:
-                parameter.requires_grad_(False)  # below a frozen layer nothing else can learn either
+
+
+def _set_dropout(model, probability: float | None) -> None:
+    """Give every dropout of the model (hidden, attention, classifier) the probability ``probability``."""
+    if probability is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
 
 
 def _optimizer(model, config: TrainingConfig, placement: Placement) -> torch.optim.Optimizer:
@@ -215,6 +231,9 @@ def train_model(
     )
     model.to(placement.device)
     _freeze(model, config)
+    _set_dropout(model, config.dropout)
+    if placement.device.type == "cpu":
+        use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/dropout.py)
 
     batch_size = config.batch_size or default_batch_size(config, len(windows))
     steps_per_epoch = math.ceil(len(windows) / batch_size)
@@ -235,7 +254,7 @@ def train_model(
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum, loss_count = 0.0, 0
-        for batch_indices in length_grouped_batches(lengths, batch_size, rng):
+        for batch_indices in length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens):
             batch = [windows[i] for i in batch_indices]
             ids, mask = pad_batch(batch, pad_id)
             labels = label_batch(batch, [window_labels[i] for i in batch_indices], ids.shape[1])

@@ -2,8 +2,8 @@
 # GPU throughput of this project's training and prediction at DistilBERT size, on a CUDA machine with no network.
 #
 # Needs: this repository (run from its root), ../shared/data/mit_restaurant/{restauranttrain,restaurantvalid}.bio,
-# Python with torch (CUDA build) and transformers; beyond those only `seqeval` (pip install seqeval; pure Python)
-# and `safetensors`/`tokenizers` (installed with transformers). No hub access, no label-studio-sdk, no accelerate:
+# Python with torch (CUDA build) and transformers; beyond those only `safetensors`/`tokenizers` (installed with
+# transformers). No hub access, no label-studio-sdk, no accelerate:
 # the model is DistilBERT's architecture (6 layers, hidden 768, 66M parameters) built from a config with random
 # weights, and its word-piece vocabulary is built from the training data (padded to DistilBERT's 30522 entries).
 # Random weights make the F1 meaningless: this measures speed only.

@@ -19,7 +19,7 @@ from tests.helpers.tiny_model import build_tiny_model  # noqa: E402
 
 # A recipe that makes the randomly initialised tiny model learn in seconds: its word embeddings are random, so
 # they must train (the default freezes them, which suits pretrained models), and a high learning rate.
-TINY_RECIPE = dict(lr=3e-3, epochs=10, batch_size=16, threads=1, freeze_word_embeddings=False)
+TINY_RECIPE = dict(lr=3e-3, epochs=10, batch_size=16, threads=1, freeze_embeddings=False)
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,7 @@ def trained(tmp_path_factory, review_base_model):
     """A tiny model trained on REVIEW_CONFIG tasks through the service's training job (fake Label Studio)."""
     settings = Settings(model_dir=tmp_path_factory.mktemp("models"), base_model=str(review_base_model),
                         training=TrainingKnobs(epochs=10, lr=3e-3, batch_size=16, threads=1,
-                                               freeze_word_embeddings=False))
+                                               freeze_embeddings=False))
     # a few tasks far longer than the model's 128 positions: training must cut them into windows
     long_tasks = [concatenated_task(900 + i, review_tasks(40, seed=100 + i)) for i in range(3)]
     client = FakeLabelStudio(review_tasks(160, seed=1) + long_tasks, config=REVIEW_CONFIG)

@@ -2,9 +2,16 @@
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.metrics.sequence_labeling import get_entities
 
-from backend.metrics import EntityScore, Scores, score_tags
+from backend.metrics import EntityScore, Scores, entities, score_tags
+
+# Every letter seqeval knows (IOB2, IOBES, bare letters, its "." oddity), types with dashes, and garbage.
+ANY_TAG = st.sampled_from(["O", "B-Dish", "I-Dish", "E-Dish", "S-Dish", "B-Price", "I-Price", "B-a-b", "I-a-b",
+                           "B", "I", "E", "S", ".", "X-Dish", "Dish", "I-"])
 
 
 def test_perfect_prediction_scores_one_for_every_entity():
@@ -35,6 +42,15 @@ def test_scores_equal_seqeval_on_random_tag_sequences():
     assert scores.overall.f1 == pytest.approx(f1_score(gold, predicted))
     assert scores.overall.precision == pytest.approx(precision_score(gold, predicted))
     assert scores.overall.recall == pytest.approx(recall_score(gold, predicted))
+
+
+@given(st.lists(ANY_TAG, max_size=14))
+def test_entities_are_chunked_exactly_as_seqeval_does(tags):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns about the garbage tags, and still chunks them
+        assert entities(tags) == get_entities(list(tags))
 
 
 def test_no_entities_anywhere_scores_zero_without_error():

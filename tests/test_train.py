@@ -4,9 +4,11 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer
 
-from backend.encoding import encode_word_lists, word_windows
+from backend.encoding import encode_word_lists, length_grouped_batches, word_windows
 from backend.spans import Example, tokens_to_text
 from backend.train import TrainingConfig, TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
 from tests.conftest import TINY_RECIPE
@@ -132,3 +134,13 @@ def test_saved_weights_are_those_of_the_best_epoch(tiny_trained_model, synthetic
     _, validation = carve_validation(synthetic_train, TrainingConfig().validation_fraction)
     saved = evaluate_model(tiny_trained_model.model_dir, validation).overall.f1
     assert saved == pytest.approx(tiny_trained_model.metrics["overall"]["f1"])
+
+
+@given(st.lists(st.integers(1, 60), max_size=300), st.integers(1, 40), st.one_of(st.none(), st.integers(1, 400)))
+def test_length_grouped_batches_cover_every_text_once_within_both_limits(lengths, batch_size, max_tokens):
+    batches = length_grouped_batches(lengths, batch_size, random.Random(0), max_tokens=max_tokens)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        if max_tokens is not None and len(batch) > 1:  # one text longer than the cap still makes a batch
+            assert len(batch) * max(lengths[i] for i in batch) <= max_tokens
