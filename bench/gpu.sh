@@ -20,28 +20,13 @@ import torch
 from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
 
 sys.path.insert(0, ".")
+from backend.formats import read_bio  # imports nothing beyond the standard library and backend/
 from backend.predict import Predictor
-from backend.spans import Example, tokens_to_text
 from backend.train import TrainingConfig, train_model
 from tests.helpers.tiny_model import build_vocabulary
 
 assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
 data = Path("..") / "shared" / "data" / "mit_restaurant"
-
-
-def read_bio(path):
-    # MIT-style BIO (TAG<TAB>token, blank line between sentences); inline so the script needs no other module.
-    examples, tokens, tags = [], [], []
-    for line in list(path.read_text().splitlines()) + [""]:
-        if line.strip():
-            tag, token = line.split("\t")
-            tags.append(tag.strip()); tokens.append(token.strip())
-        elif tokens:
-            text, words = tokens_to_text(tokens)
-            examples.append(Example(text, words, tags)); tokens, tags = [], []
-    return examples
-
-
 train, valid = read_bio(data / "restauranttrain.bio"), read_bio(data / "restaurantvalid.bio")
 labels = sorted({t[2:] for e in train for t in e.tags if t != "O"})
 bio = ["O"] + [f"{p}-{label}" for label in labels for p in ("B", "I")]
