@@ -236,25 +236,29 @@ def train_model(
         use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/dropout.py)
 
     batch_size = config.batch_size or default_batch_size(config, len(windows))
-    steps_per_epoch = math.ceil(len(windows) / batch_size)
-    epochs = planned_epochs(config, steps_per_epoch)
-    total_steps = steps_per_epoch * epochs
+    # Every epoch's batches are drawn before the first step, so the step count (and with it the learning-rate
+    # schedule and the progress total) is exact, batches split by the token cap included.
+    rng = random.Random(config.seed)
+    lengths = [len(w.input_ids) for w in windows]
+    epoch_batches = [length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens)]
+    epochs = planned_epochs(config, len(epoch_batches[0]))
+    epoch_batches += [length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens)
+                      for _ in range(1, epochs)]
+    total_steps = sum(len(batches) for batches in epoch_batches)
     optimizer = _optimizer(model, config, placement)
     scheduler = _schedule(optimizer, total_steps, config.warmup_ratio)
     scaler = torch.amp.GradScaler("cuda") if placement.precision == "fp16" else None
     autocast_on = placement.precision in ("bf16", "fp16")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rng = random.Random(config.seed)
-    lengths = [len(w.input_ids) for w in windows]
 
     history: list[dict] = []
     best_f1, best_epoch, best_state, best_scores, stale = -1.0, 0, None, None, 0
     step, windows_seen = 0, 0
     train_started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch, batches in enumerate(epoch_batches, start=1):
         model.train()
         loss_sum, loss_count = 0.0, 0
-        for batch_indices in length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens):
+        for batch_indices in batches:
             batch = [windows[i] for i in batch_indices]
             ids, mask = pad_batch(batch, pad_id)
             labels = label_batch(batch, [window_labels[i] for i in batch_indices], ids.shape[1])

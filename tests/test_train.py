@@ -53,12 +53,16 @@ def test_same_seed_gives_the_same_model(tiny_base_model, tmp_path):
     assert (first.model_dir / "model.safetensors").read_bytes() == (second.model_dir / "model.safetensors").read_bytes()
 
 
-def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"max_batch_tokens": 40}], ids=["plain", "token-capped-batches"])
+def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path, options):
     seen: list[TrainingProgress] = []
-    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2})
-    train_model(restaurant_examples(40, seed=5), bio_labels(), config, tmp_path / "m", progress=seen.append)
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2, **options})
+    result = train_model(restaurant_examples(40, seed=5), bio_labels(), config, tmp_path / "m", progress=seen.append)
+    # The total is known before the first step (batches split by the token cap included), so progress ends at 100%.
+    assert len({p.total_steps for p in seen}) == 1
     assert [p.step for p in seen] == list(range(1, seen[-1].total_steps + 1))
-    assert {p.epoch for p in seen} <= {1, 2} and seen[-1].elapsed_s > 0
+    assert result.metrics["optimizer_steps"] == seen[-1].total_steps
+    assert {p.epoch for p in seen} == {1, 2} and seen[-1].elapsed_s > 0
 
 
 def test_given_validation_is_used_instead_of_a_carved_one(tiny_base_model, tmp_path):
