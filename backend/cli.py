@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backend.decoding import DECODINGS
+
 
 # --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
 def _read_examples(paths: list[str], label_config: str | None):
@@ -68,7 +70,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from backend.metrics import score_tags
     from backend.predict import Predictor
 
-    predictor = Predictor.load(args.model, device=args.device, threads=args.threads)
+    predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
     examples, _ = _read_examples(args.data, None)
     predicted: list[list[str]] = []
     chunk = 256
@@ -85,7 +87,7 @@ def _predict_command(args: argparse.Namespace) -> int:
 
     from backend.predict import Predictor
 
-    predictor = Predictor.load(args.model, device=args.device, threads=args.threads)
+    predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
 
     def flush(lines: list[str]) -> None:
         for text, prediction in zip(lines, predictor.predict(lines)):
@@ -133,6 +135,9 @@ def add_model_commands(commands) -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--decoding", choices=DECODINGS, default="bio",
+                        help="bio: the most probable valid BIO sequence (default); argmax: each word's top label, "
+                             "as transformers' pipeline(aggregation_strategy='first')")
     evaluate.set_defaults(handler=_evaluate_command)
 
     predict = commands.add_parser("predict", help="texts on stdin (one per line) -> JSON lines of spans on stdout")
@@ -140,6 +145,9 @@ def add_model_commands(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64, help="lines predicted together (default 64)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--threads", type=int)
+    predict.add_argument("--decoding", choices=DECODINGS, default="bio",
+                        help="bio: the most probable valid BIO sequence (default); argmax: each word's top label, "
+                             "as transformers' pipeline(aggregation_strategy='first')")
     predict.set_defaults(handler=_predict_command)
 
 

@@ -1,6 +1,7 @@
 """Prediction with one saved model version: raw texts -> labelled character spans with scores.
 
-Batched over length-sorted windows under ``torch.inference_mode``; a word takes the label of its first subword.
+Batched over length-sorted windows under ``torch.inference_mode``; a word's label scores are those of its first
+subword, and the words of a text get the most probable valid BIO sequence (backend/decoding.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from backend.decoding import DECODINGS, bio_constraints, constrained_decode
 from backend.device import Placement, inference_placement, set_threads
 from backend.encoding import centrality, encode_word_lists, pad_batch
 from backend.spans import OUTSIDE, Span, bio_to_spans, split_words
@@ -19,8 +21,8 @@ from backend.spans import OUTSIDE, Span, bio_to_spans, split_words
 class TextPrediction:
     """The spans found in one text and the text's score.
 
-    Each span's score is the mean over its words of the word's top label probability. The text's ``score`` is
-    the LOWEST top-label probability over all its words (1.0 for a text without words): the model's least
+    Each span's score is the mean over its words of the probability of the word's label. The text's ``score`` is
+    the LOWEST such probability over all its words (1.0 for a text without words): the model's least
     certain decision, entity or not, so a low score flags a text worth a human look (uncertainty sampling).
     """
 
@@ -66,7 +68,10 @@ class Predictor:
         model_dir: Path | None = None,
         batch_size: int = 64,
         max_length: int | None = None,
+        decoding: str = "bio",
     ) -> None:
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding {decoding!r} is not one of {DECODINGS}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.placement = placement or Placement(torch.device("cpu"), "fp32", "default")
@@ -74,13 +79,16 @@ class Predictor:
         self.bio_labels = _labels_of(model.config)
         self.entity_labels = entity_labels_of(self.bio_labels)
         self.batch_size = batch_size
+        self.decoding = decoding
+        self._constraints = bio_constraints(self.bio_labels)
         limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
         # Some tokenizers report a huge sentinel as model_max_length; the position table is the real limit.
         self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None
+        cls, model_dir: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None,
+        decoding: str = "bio",
     ) -> "Predictor":
         """Load a saved version (weights, tokenizer, label map) for inference on ``device``."""
         from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -95,7 +103,7 @@ class Predictor:
         if placement.precision == "int8":
             model = quantize_linear_layers(model)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return cls(model, tokenizer, placement, model_dir)
+        return cls(model, tokenizer, placement, model_dir, decoding=decoding)
 
     def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
         """One ``TextPrediction`` per text, in order; spans carry exact character offsets into their text."""
@@ -112,21 +120,24 @@ class Predictor:
         return [tags for tags, _ in self.predict_words(token_lists)]
 
     def predict_words(self, token_lists: Sequence[Sequence[str]]) -> list[tuple[list[str], list[float]]]:
-        """Tags and top-label probabilities of every word.
+        """Tags and their probabilities for every word.
 
-        A word seen by several overlapping windows takes its prediction from the window where it sits furthest
-        from a cut (most context on both sides). A word the tokenizer drops entirely is tagged ``O``.
+        A word seen by several overlapping windows takes its label scores from the window where it sits furthest
+        from a cut (most context on both sides). A word the tokenizer drops entirely is tagged ``O``. With
+        ``decoding="bio"`` the tags are the most probable valid BIO sequence (backend/decoding.py); with
+        ``"argmax"`` each word takes its top label on its own, as ``pipeline(aggregation_strategy="first")``.
         """
         windows = encode_word_lists(self.tokenizer, token_lists, self.max_length)
-        best: list[list[tuple[int, int, float]]] = [
-            [(-1, 0, 1.0)] * len(words) for words in token_lists
-        ]  # per word: (centrality of the window it came from, label id, probability)
+        outside = self.bio_labels.index(OUTSIDE) if OUTSIDE in self.bio_labels else 0
+        unseen = torch.full((len(self.bio_labels),), -1e4)
+        unseen[outside] = 0.0  # log-probability rows: a word without subwords is O for sure
+        best: list[list[tuple[int, torch.Tensor]]] = [[(-1, unseen)] * len(words) for words in token_lists]
         order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
             for at in range(0, len(order), self.batch_size):
                 batch = [windows[i] for i in order[at:at + self.batch_size]]
-                label_ids, probabilities = self._forward(batch, pad_id)
+                rows = self._forward(batch, pad_id)
                 k = 0
                 for window in batch:
                     n_words = len(token_lists[window.sentence])
@@ -136,17 +147,22 @@ class Predictor:
                         word = window.first_word + offset
                         here = centrality(window, word, n_words)
                         if here > best[window.sentence][word][0]:
-                            best[window.sentence][word] = (here, label_ids[k], probabilities[k])
+                            best[window.sentence][word] = (here, rows[k])
                         k += 1
-        outside = self.bio_labels.index(OUTSIDE) if OUTSIDE in self.bio_labels else 0
+        scores = [torch.stack([row for _, row in per_word])
+                  if per_word else unseen.new_zeros((0, len(unseen))) for per_word in best]
+        if self.decoding == "bio":
+            chosen = constrained_decode(scores, *self._constraints)
+        else:
+            chosen = [per_word.argmax(dim=1).tolist() if len(per_word) else [] for per_word in scores]
         results = []
-        for per_word in best:
-            tags = [self.bio_labels[label if seen >= 0 else outside] for seen, label, _ in per_word]
-            results.append((tags, [float(p) for _, _, p in per_word]))
+        for per_word, ids in zip(scores, chosen):
+            probabilities = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).exp().squeeze(1)
+            results.append(([self.bio_labels[i] for i in ids], probabilities.tolist()))
         return results
 
-    def _forward(self, batch, pad_id: int) -> tuple[list[int], list[float]]:
-        """Label id and probability of the first subword of every word of the batch, in reading order."""
+    def _forward(self, batch, pad_id: int) -> torch.Tensor:
+        """Label log-probabilities at the first subword of every word of the batch, in reading order."""
         ids, mask = pad_batch(batch, pad_id)
         rows = [r for r, window in enumerate(batch) for p in window.word_positions if p >= 0]
         columns = [p for window in batch for p in window.word_positions if p >= 0]
@@ -156,5 +172,4 @@ class Predictor:
         # dtype given: a batch whose words all vanished in tokenisation (zero-width spaces...) has no rows
         first = logits[torch.tensor(rows, dtype=torch.long, device=device),
                        torch.tensor(columns, dtype=torch.long, device=device)].float()
-        probabilities, label_ids = first.softmax(-1).max(-1)
-        return label_ids.tolist(), probabilities.tolist()
+        return first.log_softmax(-1).cpu()

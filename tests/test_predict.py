@@ -1,5 +1,6 @@
-"""Prediction: the same entities as transformers' pipeline(aggregation_strategy="first") on ordinary sentences,
-exact character offsets on any text, windows for long texts, per-span and per-text scores."""
+"""Prediction: with word-by-word decoding the same entities as transformers' pipeline(aggregation_strategy="first");
+with the default BIO decoding the same wherever that is a valid BIO sequence and never a fragment elsewhere; exact
+character offsets on any text, windows for long texts, per-span and per-text scores."""
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
@@ -13,8 +14,13 @@ def predictor(tiny_trained_model):
     return Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32", threads=1)
 
 
-def test_predictions_match_the_transformers_pipeline_with_first_aggregation(predictor, tiny_trained_model):
+def _is_valid_bio(tags):
+    return all(not t.startswith("I-") or (k > 0 and tags[k - 1] in ("B-" + t[2:], t)) for k, t in enumerate(tags))
+
+
+def test_argmax_predictions_match_the_transformers_pipeline_with_first_aggregation(tiny_trained_model):
     folder = tiny_trained_model.model_dir
+    predictor = Predictor.load(folder, device="cpu", precision="fp32", threads=1, decoding="argmax")
     reference = pipeline("ner", model=AutoModelForTokenClassification.from_pretrained(folder),
                          tokenizer=AutoTokenizer.from_pretrained(folder), aggregation_strategy="first", device="cpu")
     # Held-out sentences plus unseen words (split into subwords), all lowercase and space-separated.
@@ -30,6 +36,18 @@ def test_predictions_match_the_transformers_pipeline_with_first_aggregation(pred
         assert [s.score for s in prediction.spans] == pytest.approx(expected_scores, abs=1e-4)
         compared += len(expected)
     assert compared > 20  # the model found entities: the comparison is not vacuous
+
+
+def test_bio_decoding_changes_only_sentences_whose_word_by_word_tags_are_invalid(predictor, tiny_trained_model):
+    argmax = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32", threads=1,
+                            decoding="argmax")
+    sentences = [e.tokens for e in restaurant_examples(60, seed=12)]
+    sentences += [["cheap", "sushiramen", "olive", "garden", "downtown", "tonight", "near", "me"] * 3]
+    plain, constrained = argmax.predict_words(sentences), predictor.predict_words(sentences)
+    for (plain_tags, plain_p), (tags, p) in zip(plain, constrained):
+        assert _is_valid_bio(tags)
+        if _is_valid_bio(plain_tags):
+            assert tags == plain_tags and p == pytest.approx(plain_p)
 
 
 def test_span_offsets_are_exact_on_irregular_text(predictor):

@@ -1,0 +1,80 @@
+"""Word labels from per-word label scores: the best tag sequence that is valid BIO.
+
+Taking each word's top label on its own can produce sequences such as ``O I-Dish`` or ``B-Dish I-Price``, which
+cut one entity into fragments. Here every ``I-x`` must follow ``B-x`` or ``I-x``; among the sequences that obey
+this, the one with the highest summed log-probability is chosen (Viterbi). When the word-by-word choice is
+already valid it is that optimum, so the result only differs where the word-by-word choice breaks an entity.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI can read DECODINGS without loading it
+    import torch
+
+DECODINGS = ("bio", "argmax")  # the best valid BIO sequence / each word's top label (the pipeline's rule)
+_FORBIDDEN = -1e9  # added to the score of a forbidden transition: never chosen while an allowed one exists
+
+
+def bio_constraints(labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(may_start, may_follow)``: which labels may open a sentence, and ``may_follow[prev, cur]``.
+
+    ``I-x`` may only follow ``B-x`` or ``I-x`` and may not open a sentence. Labels of any other form (``O``,
+    ``B-x``, or a scheme this does not know) are unconstrained, and so is ``I-x`` when there is no ``B-x``.
+
+    >>> start, follow = bio_constraints(["O", "B-Dish", "I-Dish"])
+    >>> start.tolist(), follow.int().tolist()
+    ([True, True, False], [[1, 1, 0], [1, 1, 1], [1, 1, 1]])
+    """
+    import torch
+
+    n = len(labels)
+    may_start = torch.ones(n, dtype=torch.bool)
+    may_follow = torch.ones(n, n, dtype=torch.bool)
+    for cur, tag in enumerate(labels):
+        if not tag.startswith("I-") or f"B-{tag[2:]}" not in labels:
+            continue
+        may_start[cur] = False
+        may_follow[:, cur] = torch.tensor([prev in (f"B-{tag[2:]}", tag) for prev in labels])
+    return may_start, may_follow
+
+
+def constrained_decode(
+    log_probs: Sequence[torch.Tensor], may_start: torch.Tensor, may_follow: torch.Tensor, chunk: int = 256,
+) -> list[list[int]]:
+    """The best allowed label ids for each sentence; ``log_probs[s]`` has one row of label scores per word.
+
+    Sentences are decoded together, ``chunk`` at a time, padded to the longest; a padded step keeps the path as
+    it is, so a short sentence ends where its words end.
+    """
+    import torch
+
+    start_penalty = torch.where(may_start, 0.0, _FORBIDDEN)
+    step_penalty = torch.where(may_follow, 0.0, _FORBIDDEN)
+    n_labels = may_start.shape[0]
+    stay = torch.arange(n_labels)
+    results: list[list[int]] = [[] for _ in log_probs]
+    order = sorted((s for s in range(len(log_probs)) if len(log_probs[s])), key=lambda s: len(log_probs[s]))
+    for at in range(0, len(order), chunk):
+        members = order[at:at + chunk]
+        lengths = torch.tensor([len(log_probs[s]) for s in members])
+        width = int(lengths.max())
+        emissions = torch.zeros(len(members), width, n_labels)
+        for row, s in enumerate(members):
+            emissions[row, : len(log_probs[s])] = log_probs[s].float()
+        score = emissions[:, 0] + start_penalty
+        back = []
+        for t in range(1, width):
+            best, previous = (score[:, :, None] + step_penalty).max(dim=1)
+            active = (t < lengths)[:, None]
+            score = torch.where(active, best + emissions[:, t], score)
+            back.append(torch.where(active, previous, stay))
+        label = score.argmax(dim=1)
+        path = [label]
+        for pointers in reversed(back):
+            label = pointers.gather(1, label[:, None]).squeeze(1)
+            path.append(label)
+        path = torch.stack(path[::-1], dim=1)
+        for row, s in enumerate(members):
+            results[s] = path[row, : lengths[row]].tolist()
+    return results
