@@ -16,7 +16,7 @@ DECODINGS = ("bio", "argmax")  # the best valid BIO sequence / each word's top l
 _FORBIDDEN = -1e9  # added to the score of a forbidden transition: never chosen while an allowed one exists
 
 
-def bio_constraints(labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def bio_constraints(labels: Sequence[str]) -> tuple["torch.Tensor", "torch.Tensor"]:
     """``(may_start, may_follow)``: which labels may open a sentence, and ``may_follow[prev, cur]``.
 
     ``I-x`` may only follow ``B-x`` or ``I-x`` and may not open a sentence. Labels of any other form (``O``,
@@ -40,21 +40,25 @@ def bio_constraints(labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def constrained_decode(
-    log_probs: Sequence[torch.Tensor], may_start: torch.Tensor, may_follow: torch.Tensor, chunk: int = 256,
+    log_probs: Sequence["torch.Tensor"], may_start: "torch.Tensor", may_follow: "torch.Tensor", chunk: int = 256,
 ) -> list[list[int]]:
     """The best allowed label ids for each sentence; ``log_probs[s]`` has one row of label scores per word.
 
-    Sentences are decoded together, ``chunk`` at a time, padded to the longest; a padded step keeps the path as
+    A sentence whose word-by-word top labels already form an allowed sequence keeps them (they are the optimum);
+    the others are decoded together, ``chunk`` at a time, padded to the longest: a padded step keeps the path as
     it is, so a short sentence ends where its words end.
     """
     import torch
 
+    results = [lp.argmax(dim=1).tolist() if len(lp) else [] for lp in log_probs]
+    start_ok, follow_ok = may_start.tolist(), may_follow.tolist()
+    broken = [s for s, ids in enumerate(results)
+              if ids and not (start_ok[ids[0]] and all(follow_ok[a][b] for a, b in zip(ids, ids[1:])))]
     start_penalty = torch.where(may_start, 0.0, _FORBIDDEN)
     step_penalty = torch.where(may_follow, 0.0, _FORBIDDEN)
     n_labels = may_start.shape[0]
     stay = torch.arange(n_labels)
-    results: list[list[int]] = [[] for _ in log_probs]
-    order = sorted((s for s in range(len(log_probs)) if len(log_probs[s])), key=lambda s: len(log_probs[s]))
+    order = sorted(broken, key=lambda s: len(log_probs[s]))
     for at in range(0, len(order), chunk):
         members = order[at:at + chunk]
         lengths = torch.tensor([len(log_probs[s]) for s in members])
