@@ -55,22 +55,19 @@ def constrained_decode(
     broken = [s for s, ids in enumerate(results)
               if ids and not (start_ok[ids[0]] and all(follow_ok[a][b] for a, b in zip(ids, ids[1:])))]
     start_penalty = torch.where(may_start, 0.0, _FORBIDDEN)
-    step_penalty = torch.where(may_follow, 0.0, _FORBIDDEN)
-    n_labels = may_start.shape[0]
-    stay = torch.arange(n_labels)
+    # [current, previous]: the reduction over the previous label runs along contiguous memory.
+    step_penalty = torch.where(may_follow, 0.0, _FORBIDDEN).T.contiguous()
+    stay = torch.arange(may_start.shape[0])
     order = sorted(broken, key=lambda s: len(log_probs[s]))
     for at in range(0, len(order), chunk):
         members = order[at:at + chunk]
-        lengths = torch.tensor([len(log_probs[s]) for s in members])
-        width = int(lengths.max())
-        emissions = torch.zeros(len(members), width, n_labels)
-        for row, s in enumerate(members):
-            emissions[row, : len(log_probs[s])] = log_probs[s].float()
+        lengths = [len(log_probs[s]) for s in members]
+        emissions = torch.nn.utils.rnn.pad_sequence([log_probs[s].float() for s in members], batch_first=True)
         score = emissions[:, 0] + start_penalty
         back = []
-        for t in range(1, width):
-            best, previous = (score[:, :, None] + step_penalty).max(dim=1)
-            active = (t < lengths)[:, None]
+        for t in range(1, emissions.shape[1]):
+            best, previous = (score[:, None, :] + step_penalty).max(dim=2)
+            active = torch.tensor([t < n for n in lengths])[:, None]
             score = torch.where(active, best + emissions[:, t], score)
             back.append(torch.where(active, previous, stay))
         label = score.argmax(dim=1)
@@ -78,7 +75,7 @@ def constrained_decode(
         for pointers in reversed(back):
             label = pointers.gather(1, label[:, None]).squeeze(1)
             path.append(label)
-        path = torch.stack(path[::-1], dim=1)
-        for row, s in enumerate(members):
-            results[s] = path[row, : lengths[row]].tolist()
+        rows = torch.stack(path[::-1], dim=1).tolist()
+        for s, row, n in zip(members, rows, lengths):
+            results[s] = row[:n]
     return results
