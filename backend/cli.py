@@ -116,7 +116,7 @@ def add_model_commands(commands) -> None:
     train.add_argument("--out", required=True, metavar="DIR", help="folder for the trained version")
     train.add_argument("--label-config", metavar="XML",
                        help="Label Studio label config: its labels (in its order) become the model's; default: labels seen in the data")
-    train.add_argument("--epochs", type=int, help="default: 3, more on small data (at least 300 optimizer steps)")
+    train.add_argument("--epochs", type=int, help="default: 5, more on small data (at least 300 optimizer steps)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
     train.add_argument("--batch-size", type=int, help="sentences per optimizer step (default 32; 16 below 2000 sentences)")
     train.add_argument("--seed", type=int, help="random seed (default 42)")

@@ -45,7 +45,7 @@ class TrainingConfig:
     threads: int | None = None  # torch intra-op threads; None = PyTorch's default
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    default_epochs: int = 3
+    default_epochs: int = 5
     min_steps: int = 300  # small data needs many optimizer steps to learn at all (../shared/baseline.md)
     max_epochs: int = 40  # upper bound for the automatic epoch count on tiny data
     freeze_embeddings: bool = True  # keep the embedding block fixed: no dense update of the vocabulary matrix
@@ -89,7 +89,7 @@ def planned_epochs(config: TrainingConfig, steps_per_epoch: int) -> int:
     """``config.epochs`` when set; otherwise enough epochs for ``min_steps`` steps (at least ``default_epochs``).
 
     >>> planned_epochs(TrainingConfig(), steps_per_epoch=216), planned_epochs(TrainingConfig(), steps_per_epoch=8)
-    (3, 38)
+    (5, 38)
     """
     if config.epochs is not None:
         return config.epochs
