@@ -106,6 +106,12 @@ def _predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_decoding(command) -> None:
+    command.add_argument("--decoding", choices=DECODINGS, default="bio",
+                         help="bio: the most probable valid BIO sequence (default); argmax: each word's top label, "
+                              "as transformers' pipeline(aggregation_strategy='first')")
+
+
 def add_model_commands(commands) -> None:
     """The train, evaluate and predict subcommands."""
     train = commands.add_parser("train", help="fine-tune a model on BIO / CoNLL 2003 / Label Studio JSON files")
@@ -135,9 +141,7 @@ def add_model_commands(commands) -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--threads", type=int)
-    evaluate.add_argument("--decoding", choices=DECODINGS, default="bio",
-                        help="bio: the most probable valid BIO sequence (default); argmax: each word's top label, "
-                             "as transformers' pipeline(aggregation_strategy='first')")
+    _add_decoding(evaluate)
     evaluate.set_defaults(handler=_evaluate_command)
 
     predict = commands.add_parser("predict", help="texts on stdin (one per line) -> JSON lines of spans on stdout")
@@ -145,9 +149,7 @@ def add_model_commands(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64, help="lines predicted together (default 64)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--threads", type=int)
-    predict.add_argument("--decoding", choices=DECODINGS, default="bio",
-                        help="bio: the most probable valid BIO sequence (default); argmax: each word's top label, "
-                             "as transformers' pipeline(aggregation_strategy='first')")
+    _add_decoding(predict)
     predict.set_defaults(handler=_predict_command)
 
 

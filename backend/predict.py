@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from backend.decoding import DECODINGS, bio_constraints, constrained_decode
+from backend.decoding import DECODINGS, BioConstraints, constrained_decode, word_by_word
 from backend.device import Placement, inference_placement, set_threads
 from backend.encoding import centrality, encode_word_lists, pad_batch
 from backend.spans import OUTSIDE, Span, bio_to_spans, split_words
@@ -80,7 +80,7 @@ class Predictor:
         self.entity_labels = entity_labels_of(self.bio_labels)
         self.batch_size = batch_size
         self.decoding = decoding
-        self._constraints = bio_constraints(self.bio_labels)
+        self._constraints = BioConstraints(self.bio_labels)
         limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
         # Some tokenizers report a huge sentinel as model_max_length; the position table is the real limit.
         self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
@@ -151,10 +151,7 @@ class Predictor:
                         k += 1
         scores = [torch.stack([row for _, row in per_word])
                   if per_word else unseen.new_zeros((0, len(unseen))) for per_word in best]
-        if self.decoding == "bio":
-            chosen = constrained_decode(scores, *self._constraints)
-        else:
-            chosen = [per_word.argmax(dim=1).tolist() if len(per_word) else [] for per_word in scores]
+        chosen = constrained_decode(scores, self._constraints) if self.decoding == "bio" else word_by_word(scores)
         results = []
         for per_word, ids in zip(scores, chosen):
             probabilities = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).exp().squeeze(1)
