@@ -44,13 +44,16 @@ def entity_labels_of(bio_labels: Sequence[str]) -> list[str]:
 
 
 def quantize_linear_layers(model):
-    """Dynamic int8 quantization of the transformer's nn.Linear layers (weights int8, activations quantized per
-    batch) for CPUs. The classifier head stays fp32: it is small, and its logits decide the labels."""
+    """Dynamic int8 quantization of the transformer's nn.Linear layers for CPUs: weights int8 with one scale per
+    output channel, activations quantized with one scale per batch (so a text's scores can move slightly with the
+    other texts of its batch). The classifier head stays fp32: it is small, and its logits decide the labels."""
     import warnings
 
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    names = {name for name, module in model.named_modules()
+    # One weight scale per output row, not one per matrix: on the stand-in model's full-data version, F1 0.7985
+    # against 0.7953 (fp32 0.8013).
+    names = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and not name.startswith("classifier")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch announces a future move of its quantized tensors; still supported
@@ -98,7 +101,8 @@ class Predictor:
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} holds no config.json: not a saved model version")
         placement = inference_placement(device, precision)
-        model = AutoModelForTokenClassification.from_pretrained(model_dir)
+        attention = {"attn_implementation": placement.inference_attention} if placement.inference_attention else {}
+        model = AutoModelForTokenClassification.from_pretrained(model_dir, **attention)
         model.to(placement.device, dtype=placement.dtype)
         if placement.precision == "int8":
             model = quantize_linear_layers(model)

@@ -25,6 +25,12 @@ def test_an_explicit_precision_wins_and_unknown_ones_are_refused():
         device.inference_placement("cpu", "fp8")
 
 
+def test_cpu_inference_loads_the_plain_attention_and_cuda_keeps_the_library_default():
+    assert device.inference_placement("cpu").inference_attention == "eager"
+    cuda = device.Placement(torch.device("cuda"), "bf16", "test")
+    assert cuda.inference_attention is None
+
+
 def test_asking_for_cuda_without_a_gpu_says_what_to_do(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):

@@ -107,6 +107,17 @@ def test_bf16_prediction_agrees_with_fp32_on_almost_every_word(tiny_trained_mode
     assert sum(a == b for a, b in pairs) / len(pairs) > 0.97
 
 
+def test_the_cpu_predictor_runs_plain_attention_with_the_same_results_as_the_fused_kernel(tiny_trained_model,
+                                                                                          predictor):
+    assert predictor.model.config._attn_implementation == "eager"
+    fused = AutoModelForTokenClassification.from_pretrained(tiny_trained_model.model_dir, attn_implementation="sdpa")
+    reference = Predictor(fused, AutoTokenizer.from_pretrained(tiny_trained_model.model_dir))
+    token_lists = [e.tokens for e in restaurant_examples(40, seed=14)]
+    for (tags, p), (expected_tags, expected_p) in zip(predictor.predict_words(token_lists),
+                                                      reference.predict_words(token_lists)):
+        assert tags == expected_tags and p == pytest.approx(expected_p, abs=1e-5)
+
+
 def test_loading_a_folder_without_a_model_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved model"):
         Predictor.load(tmp_path)
