@@ -43,7 +43,7 @@ def _train_command(args: argparse.Namespace) -> int:
 
     examples, bio = _read_examples(args.data, args.label_config)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "max_length", "threads",
-                                               "device", "precision", "validation_fraction") if getattr(args, k) is not None}
+                                               "device", "precision", "validation_fraction", "frozen_layers") if getattr(args, k) is not None}
     config = TrainingConfig(base_model=args.base_model, freeze_embeddings=not args.train_embeddings, **options)
     bar = tqdm(total=None, unit="step", file=sys.stderr, desc="training")
 
@@ -131,6 +131,8 @@ def add_model_commands(commands) -> None:
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
+    train.add_argument("--frozen-layers", type=int, metavar="N",
+                       help="keep the lowest N transformer layers fixed (default: the lowest third from 2000 sentences on, none below)")
     train.add_argument("--train-embeddings", action="store_true",
                        help="also update the embedding block (frozen by default: faster, same F1; needed for randomly initialised models)")
     train.set_defaults(handler=_train_command)

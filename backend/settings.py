@@ -103,6 +103,7 @@ class TrainingKnobs:
     precision: str | None = None
     threads: int | None = None
     freeze_embeddings: bool | None = None
+    frozen_layers: int | None = None
 
     def overrides(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -177,5 +178,6 @@ class Settings:
                 precision=_parse(env, "TRAIN_PRECISION", _precision, "auto, fp32, bf16 or fp16", None),
                 threads=_parse(env, "TRAIN_THREADS", positive, "a whole number >= 1", None),
                 freeze_embeddings=_parse(env, "TRAIN_FREEZE_EMBEDDINGS", _boolean, "true or false", None),
+                frozen_layers=_parse(env, "TRAIN_FROZEN_LAYERS", _at_least(0, int), "a whole number >= 0", None),
             ),
         )

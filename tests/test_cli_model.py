@@ -22,7 +22,7 @@ def cli_model(tmp_path_factory, bio_files, tiny_base_model):
     out = tmp_path_factory.mktemp("cli") / "model"
     code = main(["train", "--data", str(bio_files[0]), "--base-model", str(tiny_base_model), "--out", str(out),
                  "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--seed", "1", "--threads", "1",
-                 "--train-embeddings"])
+                 "--train-embeddings", "--frozen-layers", "1"])
     assert code == 0
     return out
 
@@ -31,6 +31,7 @@ def test_train_writes_a_version_with_the_requested_recipe_in_its_metrics(cli_mod
     metrics = json.loads((cli_model / "metrics.json").read_text())
     assert metrics["config"]["epochs"] == 2 and metrics["config"]["lr"] == 3e-3 and metrics["config"]["seed"] == 1
     assert metrics["config"]["freeze_embeddings"] is False
+    assert metrics["config"]["frozen_layers"] == 1 and metrics["frozen_layers"] == 1
     assert metrics["train_size"] + metrics["validation_size"] == 120
     assert (cli_model / "model.safetensors").is_file()
 
