@@ -113,7 +113,7 @@ def ours_side(args: argparse.Namespace) -> dict:
     return _result(scores, m["train_time_s"], processed, m["train_size"], len(valid), {
         "validation_size_carved": m["validation_size"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
         "carved_f1_by_epoch": [round(r["f1"], 4) for r in m["history"] if "f1" in r],
-        "optimizer_steps": m["optimizer_steps"], "batch_size": m["batch_size"], "frozen_layers": m["frozen_layers"],
+        "optimizer_steps": m["optimizer_steps"], "batch_size": m["batch_size"],
         "train_precision": m["precision"],
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
         "recipe": {k: v for k, v in m["config"].items() if k not in ("base_model", "device", "precision")}})

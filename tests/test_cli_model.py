@@ -31,7 +31,7 @@ def test_train_writes_a_version_with_the_requested_recipe_in_its_metrics(cli_mod
     metrics = json.loads((cli_model / "metrics.json").read_text())
     assert metrics["config"]["epochs"] == 2 and metrics["config"]["lr"] == 3e-3 and metrics["config"]["seed"] == 1
     assert metrics["config"]["freeze_embeddings"] is False
-    assert metrics["config"]["frozen_layers"] == 1 and metrics["frozen_layers"] == 1
+    assert metrics["config"]["frozen_layers"] == 1
     assert metrics["train_size"] + metrics["validation_size"] == 120
     assert (cli_model / "model.safetensors").is_file()
 

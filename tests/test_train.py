@@ -87,26 +87,22 @@ def test_small_data_gets_more_epochs_until_the_minimum_number_of_steps():
     assert planned_epochs(TrainingConfig(epochs=2), steps_per_epoch=1) == 2
 
 
-def test_large_data_keeps_the_lowest_layers_fixed_and_small_data_trains_every_layer(tiny_base_model, tmp_path):
+def test_frozen_layers_keep_their_base_weights_and_the_others_train(tiny_base_model, tmp_path):
     from safetensors.torch import load_file
 
     base = load_file(tiny_base_model / "model.safetensors")
     examples = restaurant_examples(40, seed=8)
-    # The tiny model has 2 layers: a share of one half freezes layer 0 once the data counts as large.
-    recipe = {**TINY_RECIPE, "epochs": 1, "large_data_frozen_share": 0.5}
-    runs = {size: train_model(examples, bio_labels(), TrainingConfig(base_model=str(tiny_base_model),
-                                                                      small_data_size=size, **recipe), tmp_path / str(size))
-            for size in (1000, 10)}  # 36 training sentences: small data below 1000, large data from 10 on
-    for size, frozen in ((1000, 0), (10, 1)):
-        assert runs[size].metrics["frozen_layers"] == frozen
+    assert TrainingConfig().frozen_layers == 0  # the default recipe trains every layer
+    for frozen in (0, 1):
+        config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1, "frozen_layers": frozen})
+        result = train_model(examples, bio_labels(), config, tmp_path / str(frozen))
         trained = {name.removeprefix("bert."): weights  # the base is a plain BertModel, without the prefix
-                   for name, weights in load_file(runs[size].model_dir / "model.safetensors").items()}
+                   for name, weights in load_file(result.model_dir / "model.safetensors").items()}
         layer0 = [name for name in base if ".layer.0." in name]
-        layer1 = [name for name in base if ".layer.1." in name]
+        layer1 = [name for name in base if ".layer.1." in name and name.endswith("weight")]
         assert layer0 and layer1
         assert all(trained[name].equal(base[name]) for name in layer0) == bool(frozen)
-        assert not any(trained[name].equal(base[name]) for name in layer1 if name.endswith("weight"))
-    assert TrainingConfig().frozen_layers is None  # the default decides by the data's size
+        assert not any(trained[name].equal(base[name]) for name in layer1)
 
 
 def test_validation_carve_is_deterministic_and_disjoint():
