@@ -335,7 +335,11 @@ def test_predict_over_http_answers_every_task_in_order_and_bad_tasks_with_empty_
     results = answer.json["results"]
     assert len(results) == len(tasks)
     assert [r["result"] for r in results[1:9]] == [[]] * 8
-    assert results[0]["result"] and results[0]["result"] == results[9]["result"]
+    first, last = results[0]["result"], results[9]["result"]
+    # The same text twice in one batch: the same spans; the scores may differ in the last float digits, since
+    # the CPU's matrix kernels do not promise bitwise-equal results for different rows of a batch.
+    assert first and [r["value"] for r in first] == [r["value"] for r in last]
+    assert [r["score"] for r in first] == pytest.approx([r["score"] for r in last], abs=1e-6)
     assert_valid_results(good, results[0]["result"])
 
 
