@@ -101,8 +101,8 @@ class Predictor:
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} holds no config.json: not a saved model version")
         placement = inference_placement(device, precision)
-        attention = {"attn_implementation": placement.inference_attention} if placement.inference_attention else {}
-        model = AutoModelForTokenClassification.from_pretrained(model_dir, **attention)
+        model = AutoModelForTokenClassification.from_pretrained(
+            model_dir, attn_implementation=placement.inference_attention)  # None: the library's default
         model.to(placement.device, dtype=placement.dtype)
         if placement.precision == "int8":
             model = quantize_linear_layers(model)

@@ -7,12 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.decoding import BioConstraints, constrained_decode
+from backend.spans import repair_bio
 
 LABELS = ["O", "B-Dish", "I-Dish", "B-Price", "I-Price"]
 
 
 def valid(tags):
-    return all(not t.startswith("I-") or (k > 0 and tags[k - 1] in ("B-" + t[2:], t)) for k, t in enumerate(tags))
+    return repair_bio(tags) == list(tags)  # IOB2 already: nothing to repair
 
 
 def brute_force(scores):
