@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from backend.decoding import DECODINGS
+from backend.device import TRAINING_PRECISIONS
 
 
 # --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
@@ -130,7 +131,9 @@ def add_model_commands(commands) -> None:
     train.add_argument("--validation-fraction", type=float, help="share held out to pick the best epoch (default 0.1)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto")
+    train.add_argument("--precision", choices=TRAINING_PRECISIONS,
+                       help="default auto: bf16 autocast on CUDA, bf32 (fp32 with bf16 matrix multiplies) on CPUs with "
+                            "AMX / AVX-512 BF16, else fp32")
     train.add_argument("--frozen-layers", type=int, metavar="N",
                        help="keep the lowest N transformer layers fixed: faster, usually a little less accurate (default 0)")
     train.add_argument("--train-embeddings", action="store_true",

@@ -4,12 +4,18 @@ fp32 on the CPU is the fallback everywhere; bf16 is chosen only where the hardwa
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: settings and the CLI read the names below without it
+    import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: dynamic int8 linear layers, CPU inference only
+# int8: dynamic int8 linear layers, CPU inference only. bf32: fp32 tensors whose matrix multiplies run on the CPU's
+# bf16 units (oneDNN's "fpmath" mode), CPU training only.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "bf32")
+TRAINING_PRECISIONS = ("auto", "fp32", "bf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -17,13 +23,17 @@ class Placement:
     """Where a model runs and in which precision, with the reason for the choice (it goes into metrics.json)."""
 
     device: torch.device
-    precision: str  # "fp32" | "bf16" | "fp16" | "int8"
+    precision: str  # "fp32" | "bf32" | "bf16" | "fp16" | "int8"
     reason: str
 
     @property
     def dtype(self) -> torch.dtype:
+        import torch
+
         # int8 keeps fp32 activations; only the linear layers' weights are quantized (see backend.predict).
-        return {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        # bf32 keeps fp32 tensors; only the matrix multiplies round their inputs to bf16 (see matmul_precision).
+        return {"fp32": torch.float32, "bf32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16,
+                "fp16": torch.float16}[self.precision]
 
     @property
     def inference_attention(self) -> str | None:
@@ -48,6 +58,32 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def bf32_supported() -> bool:
+    """True when this PyTorch can run fp32 matrix multiplies on bf16 units (``torch.backends.mkldnn.matmul``'s
+    ``fp32_precision``, PyTorch 2.9 and later) and the CPU has such units."""
+    import torch
+
+    return hasattr(torch.backends.mkldnn, "matmul") and cpu_has_native_bf16()
+
+
+@contextlib.contextmanager
+def matmul_precision(placement: Placement) -> Iterator[None]:
+    """Inside the block, fp32 matrix multiplies on the CPU take bf16 inputs (fp32 sums) when ``placement`` is bf32;
+    PyTorch's setting is restored afterwards. Other placements leave everything as it is."""
+    if placement.precision != "bf32":
+        yield
+        return
+    import torch
+
+    settings = torch.backends.mkldnn.matmul
+    before = settings.fp32_precision
+    settings.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        settings.fp32_precision = before
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix units (AMX) or bf16 dot products (AVX-512 BF16).
 
@@ -59,6 +95,8 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_device(requested: str = "auto") -> torch.device:
     """``auto`` -> the first CUDA GPU when present, else the CPU; anything else is passed to torch.device."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
@@ -75,32 +113,45 @@ def _check(precision: str) -> None:
 def training_placement(device: str = "auto", precision: str = "auto") -> Placement:
     """Device and precision for training. On CUDA ``auto`` is bf16 autocast (fp16 on GPUs without bf16).
 
-    On the CPU ``auto`` stays fp32: measured at the stand-in model's size, bf16 autocast gave no gain even
-    with AMX (casting costs what the faster matmuls save; ../shared/baseline.md).
+    On a CPU with native bf16 (AMX / AVX-512 BF16) ``auto`` is bf32: the tensors stay fp32 and only the matrix
+    multiplies, most of a step, run on the bf16 units. bf16 autocast is not chosen there: measured at the stand-in
+    model's size it gave no gain even with AMX, its casts cost what the faster matmuls save
+    (../shared/baseline.md). Other CPUs train in fp32.
     """
     _check(precision)
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"{precision} is for CPU inference only; train in one of {', '.join(TRAINING_PRECISIONS)}")
     where = resolve_device(device)
-    if precision == "int8":
-        raise ValueError("int8 is for CPU inference only; train in fp32, bf16 or fp16")
+    if precision == "bf32" and (where.type != "cpu" or not bf32_supported()):
+        raise ValueError("bf32 (fp32 training with bf16 matrix multiplies) needs a CPU with AMX or AVX-512 BF16 and "
+                         "PyTorch 2.9 or later; this one has not: use fp32, or auto")
     if precision != "auto":
         return Placement(where, precision, "asked for")
+    import torch
+
     if where.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return Placement(where, "bf16", "CUDA GPU with bf16")
         return Placement(where, "fp16", "CUDA GPU without bf16")
-    return Placement(where, "fp32", "CPU training: bf16 autocast does not pay at this model size")
+    if bf32_supported():
+        return Placement(where, "bf32", "CPU with native bf16: fp32 training, matrix multiplies on the bf16 units")
+    return Placement(where, "fp32", "CPU without native bf16")
 
 
 def inference_placement(device: str = "auto", precision: str = "auto") -> Placement:
     """Device and precision for prediction: ``auto`` casts the model to bf16 on CUDA and on CPUs with native
     bf16 (AMX / AVX-512 BF16), and keeps fp32 elsewhere."""
     _check(precision)
+    if precision == "bf32":
+        raise ValueError("bf32 is a training precision; for prediction use bf16 (the model cast), fp32 or int8")
     where = resolve_device(device)
     if precision == "int8" and where.type != "cpu":
         raise ValueError("int8 prediction runs on the CPU only; use --device cpu or another precision")
     if precision != "auto":
         return Placement(where, precision, "asked for")
     if where.type == "cuda":
+        import torch
+
         return Placement(where, "bf16" if torch.cuda.is_bf16_supported() else "fp16", "CUDA GPU")
     if cpu_has_native_bf16():
         return Placement(where, "bf16", "CPU with native bf16 (AMX or AVX-512 BF16)")
@@ -110,4 +161,6 @@ def inference_placement(device: str = "auto", precision: str = "auto") -> Placem
 def set_threads(threads: int | None) -> None:
     """Limit PyTorch's intra-op threads (None leaves PyTorch's default: one per core)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
+from backend.device import TRAINING_PRECISIONS
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -77,8 +79,7 @@ def _device(value: str) -> str:
 
 
 def _precision(value: str) -> str:
-    # the training precisions of backend.device (int8 is for prediction only)
-    if value not in ("auto", "fp32", "bf16", "fp16"):
+    if value not in TRAINING_PRECISIONS:
         raise ValueError(value)
     return value
 
@@ -175,7 +176,7 @@ class Settings:
                 max_length=_parse(env, "TRAIN_MAX_LENGTH", _at_least(8, int), "a whole number >= 8", None),
                 seed=_parse(env, "TRAIN_SEED", int, "a whole number", None),
                 device=_parse(env, "TRAIN_DEVICE", _device, "auto, cpu, cuda or cuda:N", None),
-                precision=_parse(env, "TRAIN_PRECISION", _precision, "auto, fp32, bf16 or fp16", None),
+                precision=_parse(env, "TRAIN_PRECISION", _precision, ", ".join(TRAINING_PRECISIONS), None),
                 threads=_parse(env, "TRAIN_THREADS", positive, "a whole number >= 1", None),
                 freeze_embeddings=_parse(env, "TRAIN_FREEZE_EMBEDDINGS", _boolean, "true or false", None),
                 frozen_layers=_parse(env, "TRAIN_FROZEN_LAYERS", _at_least(0, int), "a whole number >= 0", None),

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from backend.device import Placement, set_threads, training_placement
+from backend.device import Placement, matmul_precision, set_threads, training_placement
 from backend.dropout import use_fast_dropout
 from backend.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
 from backend.metrics import Scores, score_tags
@@ -39,7 +39,7 @@ class TrainingConfig:
     max_length: int = 128  # subwords per window, special tokens included; longer texts become overlapping windows
     seed: int = 42  # set before the classifier head is created, so a run is reproducible
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (see backend.device.training_placement)
+    precision: str = "auto"  # "auto", "fp32", "bf32", "bf16", "fp16" (see backend.device.training_placement)
     validation_fraction: float = 0.1  # carved from the examples when no validation set is given
     early_stopping_patience: int = 3  # stop after this many epochs without a better F1 (0: never), once past min_steps
     threads: int | None = None  # torch intra-op threads; None = PyTorch's default
@@ -258,52 +258,53 @@ def train_model(
     best_f1, best_epoch, best_state, best_scores, stale = -1.0, 0, None, None, 0
     step, windows_seen = 0, 0
     train_started = time.perf_counter()
-    for epoch, batches in enumerate(epoch_batches, start=1):
-        model.train()
-        loss_sum, loss_count = 0.0, 0
-        for batch_indices in batches:
-            batch = [windows[i] for i in batch_indices]
-            ids, mask = pad_batch(batch, pad_id)
-            labels = label_batch(batch, [window_labels[i] for i in batch_indices], ids.shape[1])
-            ids, mask, labels = (t.to(placement.device) for t in (ids, mask, labels))
-            with torch.autocast(placement.device.type, dtype=placement.dtype, enabled=autocast_on):
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100
-            )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            windows_seen += len(batch)
-            loss_sum += loss.item()
-            loss_count += 1
-            if progress is not None:
-                progress(TrainingProgress(step, total_steps, epoch, time.perf_counter() - started))
+    with matmul_precision(placement):  # bf32: the matrix multiplies on the CPU's bf16 units
+        for epoch, batches in enumerate(epoch_batches, start=1):
+            model.train()
+            loss_sum, loss_count = 0.0, 0
+            for batch_indices in batches:
+                batch = [windows[i] for i in batch_indices]
+                ids, mask = pad_batch(batch, pad_id)
+                labels = label_batch(batch, [window_labels[i] for i in batch_indices], ids.shape[1])
+                ids, mask, labels = (t.to(placement.device) for t in (ids, mask, labels))
+                with torch.autocast(placement.device.type, dtype=placement.dtype, enabled=autocast_on):
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100
+                )
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                step += 1
+                windows_seen += len(batch)
+                loss_sum += loss.item()
+                loss_count += 1
+                if progress is not None:
+                    progress(TrainingProgress(step, total_steps, epoch, time.perf_counter() - started))
 
-        record = {"epoch": epoch, "loss": loss_sum / max(loss_count, 1), "elapsed_s": time.perf_counter() - started}
-        if validation:
-            predictor = Predictor(model, tokenizer, placement, batch_size=config.eval_batch_size,
-                                  max_length=config.max_length)
-            scores = _score(predictor, validation)
-            record["f1"] = scores.overall.f1
-            if scores.overall.f1 > best_f1:
-                best_f1, best_epoch, best_scores, stale = scores.overall.f1, epoch, scores, 0
-                # Keep the best weights in memory instead of saving every epoch; frozen ones never change.
-                best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-            else:
-                stale += 1
-        history.append(record)
-        # Never stop before the minimum number of steps: on small data the early epochs are noisy, not done.
-        patience_over = config.early_stopping_patience and stale >= config.early_stopping_patience
-        if validation and patience_over and step >= config.min_steps:
-            break
+            record = {"epoch": epoch, "loss": loss_sum / max(loss_count, 1), "elapsed_s": time.perf_counter() - started}
+            if validation:
+                predictor = Predictor(model, tokenizer, placement, batch_size=config.eval_batch_size,
+                                      max_length=config.max_length)
+                scores = _score(predictor, validation)
+                record["f1"] = scores.overall.f1
+                if scores.overall.f1 > best_f1:
+                    best_f1, best_epoch, best_scores, stale = scores.overall.f1, epoch, scores, 0
+                    # Keep the best weights in memory instead of saving every epoch; frozen ones never change.
+                    best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+                else:
+                    stale += 1
+            history.append(record)
+            # Never stop before the minimum number of steps: on small data the early epochs are noisy, not done.
+            patience_over = config.early_stopping_patience and stale >= config.early_stopping_patience
+            if validation and patience_over and step >= config.min_steps:
+                break
     train_time = time.perf_counter() - train_started
 
     if best_state is not None:

@@ -1,13 +1,47 @@
 """Hardware choices: fp32 is the CPU fallback, bf16 only where the CPU computes it natively, int8 only for CPU
-inference."""
+inference, bf32 (fp32 training with bf16 matrix multiplies) only for CPU training on native bf16."""
 import pytest
 import torch
 
 from backend import device
 
 
-def test_cpu_training_defaults_to_fp32():
+def test_cpu_training_is_fp32_without_native_bf16_and_bf32_with_it(monkeypatch):
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", "fma"})
     assert device.training_placement("cpu").precision == "fp32"
+    for flag in ("amx_bf16", "avx512_bf16"):
+        monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", flag})
+        placement = device.training_placement("cpu")
+        assert placement.precision == "bf32" and placement.dtype == torch.float32  # the tensors stay fp32
+
+
+def test_bf32_is_refused_where_it_would_silently_be_fp32_and_for_prediction(monkeypatch):
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2"})
+    with pytest.raises(ValueError, match="AMX"):
+        device.training_placement("cpu", "bf32")
+    with pytest.raises(ValueError, match="training precision"):
+        device.inference_placement("cpu", "bf32")
+
+
+def test_bf32_turns_on_bf16_matrix_multiplies_only_inside_the_block():
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    with device.matmul_precision(device.Placement(torch.device("cpu"), "bf32", "test")):
+        assert matmul.fp32_precision == "bf16"
+    assert matmul.fp32_precision == before
+    with device.matmul_precision(device.Placement(torch.device("cpu"), "fp32", "test")):
+        assert matmul.fp32_precision == before
+    with pytest.raises(RuntimeError), device.matmul_precision(device.Placement(torch.device("cpu"), "bf32", "test")):
+        raise RuntimeError("a failed step")
+    assert matmul.fp32_precision == before
+
+
+def test_reading_the_precision_names_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, backend.settings, backend.device; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_cpu_inference_uses_bf16_only_with_native_support(monkeypatch):

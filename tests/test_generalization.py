@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.device import inference_placement
 from backend.formats import read_conll2003
 from backend.schema import parse_label_config
 from backend.service import NerService, train_project
@@ -336,10 +337,12 @@ def test_predict_over_http_answers_every_task_in_order_and_bad_tasks_with_empty_
     assert len(results) == len(tasks)
     assert [r["result"] for r in results[1:9]] == [[]] * 8
     first, last = results[0]["result"], results[9]["result"]
-    # The same text twice in one batch: the same spans; the scores may differ in the last float digits, since
-    # the CPU's matrix kernels do not promise bitwise-equal results for different rows of a batch.
+    # The same text twice in one batch: the same spans; the scores may differ in the last digits, since the CPU's
+    # matrix kernels do not promise bitwise-equal results for different rows of a batch (in fp32 the 7th decimal;
+    # a bf16 model, chosen on CPUs with bf16 units, keeps about 3 significant digits).
     assert first and [r["value"] for r in first] == [r["value"] for r in last]
-    assert [r["score"] for r in first] == pytest.approx([r["score"] for r in last], abs=1e-6)
+    digits = 1e-6 if inference_placement("cpu").precision == "fp32" else 1e-2
+    assert [r["score"] for r in first] == pytest.approx([r["score"] for r in last], abs=digits)
     assert_valid_results(good, results[0]["result"])
 
 

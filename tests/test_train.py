@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer
 
 from backend.encoding import encode_word_lists, length_grouped_batches, word_windows
+from backend.predict import Predictor
 from backend.spans import Example, tokens_to_text
 from backend.train import TrainingConfig, TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
 from tests.conftest import TINY_RECIPE
@@ -105,6 +106,24 @@ def test_frozen_layers_keep_their_base_weights_and_the_others_train(tiny_base_mo
         assert not any(trained[name].equal(base[name]) for name in layer1)
 
 
+def test_bf32_training_runs_its_matrix_multiplies_in_bf16_and_restores_the_setting(tiny_base_model, tmp_path,
+                                                                                     monkeypatch):
+    # On this CPU without bf16 units PyTorch computes in fp32 anyway; what is checked is the switch and its scope.
+    import torch
+
+    from backend import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"amx_bf16"})
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    during: set[str] = set()
+    config = TrainingConfig(base_model=str(tiny_base_model), device="cpu", **{**TINY_RECIPE, "epochs": 1, "precision": "auto"})
+    result = train_model(restaurant_examples(40, seed=6), bio_labels(), config, tmp_path / "m",
+                         progress=lambda _: during.add(torch.backends.mkldnn.matmul.fp32_precision))
+    assert during == {"bf16"}
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert result.metrics["precision"] == "bf32" and "bf16" in result.metrics["precision_reason"]
+
+
 def test_validation_carve_is_deterministic_and_disjoint():
     examples = restaurant_examples(200, seed=8)
     train, validation = carve_validation(examples, 0.1)
@@ -154,7 +173,7 @@ def test_first_subword_of_each_word_carries_the_label(tiny_base_model):
 
 def test_saved_weights_are_those_of_the_best_epoch(tiny_trained_model, synthetic_train):
     _, validation = carve_validation(synthetic_train, TrainingConfig().validation_fraction)
-    saved = evaluate_model(tiny_trained_model.model_dir, validation).overall.f1
+    saved = evaluate_model(Predictor.load(tiny_trained_model.model_dir, precision="fp32"), validation).overall.f1
     assert saved == pytest.approx(tiny_trained_model.metrics["overall"]["f1"])
 
 
