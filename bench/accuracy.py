@@ -94,6 +94,10 @@ def ours_side(args: argparse.Namespace) -> dict:
     from backend.predict import Predictor
     from backend.train import TrainingConfig, evaluate_model, train_model
 
+    if args.emulate_bf32:
+        import bf32_emulation
+
+        bf32_emulation.install()
     train = read_examples(TRAIN_FILE, args.n)
     valid = read_examples(VALID_FILE, args.valid_n)
     overrides = {}
@@ -114,7 +118,7 @@ def ours_side(args: argparse.Namespace) -> dict:
         "validation_size_carved": m["validation_size"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
         "carved_f1_by_epoch": [round(r["f1"], 4) for r in m["history"] if "f1" in r],
         "optimizer_steps": m["optimizer_steps"], "batch_size": m["batch_size"],
-        "train_precision": m["precision"],
+        "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else m["precision"],
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
         "recipe": {k: v for k, v in m["config"].items() if k not in ("base_model", "device", "precision")}})
 
@@ -140,6 +144,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["tutorial", "ours"], help="run one side only")
     parser.add_argument("--ours-option", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainingConfig field of our side, e.g. lr=2e-4 (for tuning)")
+    parser.add_argument("--emulate-bf32", action="store_true",
+                        help="our side: round every linear layer's inputs to bf16 as bf32 training does on CPUs with bf16 "
+                             "units (accuracy only; see bench/bf32_emulation.py)")
     parser.add_argument("--save-model", help="keep our trained model in this folder (for bench/predict_speed.py)")
     parser.add_argument("--side", choices=["tutorial", "ours"], help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
