@@ -40,8 +40,12 @@ def test_reading_the_precision_names_does_not_load_torch():
     import subprocess
     import sys
 
+    from pathlib import Path
+
     code = "import sys, backend.settings, backend.device; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "False"
 
 
 def test_cpu_inference_uses_bf16_only_with_native_support(monkeypatch):
