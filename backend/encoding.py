@@ -83,6 +83,7 @@ def encode_word_lists(tokenizer, word_lists: Sequence[Sequence[str]], max_length
         add_special_tokens=False,
         return_attention_mask=False,
         return_token_type_ids=False,
+        verbose=False,  # no "longer than the maximum" warning: long texts are cut into windows below
     )
     windows: list[Window] = []
     for row, sentence in enumerate(nonempty):

@@ -84,8 +84,9 @@ class Predictor:
         self.batch_size = batch_size
         self.decoding = decoding
         self._constraints = BioConstraints(self.bio_labels)
+        # The saved tokenizer's model_max_length is the window length of training (backend.train sets it). Some
+        # tokenizers report a huge sentinel there; the position table is then the real limit.
         limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-        # Some tokenizers report a huge sentinel as model_max_length; the position table is the real limit.
         self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
 
     @classmethod

@@ -124,6 +124,13 @@ def test_bf32_training_runs_its_matrix_multiplies_in_bf16_and_restores_the_setti
     assert result.metrics["precision"] == "bf32" and "bf16" in result.metrics["precision_reason"]
 
 
+def test_a_saved_version_predicts_in_the_windows_it_was_trained_on(tiny_base_model, tmp_path):
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1, "max_length": 24})
+    result = train_model(restaurant_examples(40, seed=7), bio_labels(), config, tmp_path / "m")
+    assert Predictor.load(result.model_dir).max_length == 24
+    assert AutoTokenizer.from_pretrained(result.model_dir).model_max_length == 24
+
+
 def test_validation_carve_is_deterministic_and_disjoint():
     examples = restaurant_examples(200, seed=8)
     train, validation = carve_validation(examples, 0.1)
