@@ -5,6 +5,7 @@ Offsets everywhere are Python ``str`` indices (Unicode code points), end exclusi
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -15,6 +16,28 @@ OUTSIDE = "O"
 # every other non-space character is a word of its own. Lowercase corpora such as MIT's split the same
 # way as before (its tokens are all [a-z0-9]), while "pizza," yields "pizza" and ",".
 _WORD = re.compile(r"\w+(?:['\u2019\-./&]\w+)*|[^\w\s]")
+_WORD_START = re.compile(r"\w")
+
+
+def _is_mark(character: str) -> bool:
+    """Combining marks (accents of decomposed text, Indic vowel signs and viramas, Arabic harakat, Thai tone marks)
+    belong to the letters before them, but the regular expression class of word characters does not hold them."""
+    return unicodedata.category(character).startswith("M")
+
+
+def _word_offsets(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every word: ``_WORD``'s matches, with a combining mark and the letters after it joined to
+    the word it follows ("nam" + virama + "ste" is one word, as is "cafe" + U+0301)."""
+    offsets: list[tuple[int, int]] = []
+    for match in _WORD.finditer(text):
+        start, end = match.span()
+        if offsets and offsets[-1][1] == start and (
+            _is_mark(text[start]) or (_is_mark(text[start - 1]) and _WORD_START.match(text, start))
+        ):
+            offsets[-1] = (offsets[-1][0], end)
+        else:
+            offsets.append((start, end))
+    return offsets
 
 
 @dataclass(frozen=True)
@@ -97,8 +120,7 @@ def split_words(text: str, boundaries: Iterable[int] = ()) -> list[Word]:
     """
     cuts = sorted(set(boundaries))
     words: list[Word] = []
-    for match in _WORD.finditer(text):
-        start, end = match.span()
+    for start, end in _word_offsets(text):
         inner = [b for b in cuts if start < b < end]
         for left, right in zip([start] + inner, inner + [end]):
             words.append(Word(text[left:right], left, right))

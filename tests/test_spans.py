@@ -1,6 +1,9 @@
 """Specification of backend/spans.py: character spans <-> word-level IOB2 tags, and what happens to bad spans."""
 from __future__ import annotations
 
+import unicodedata
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,3 +231,23 @@ def test_repair_counts_each_ill_formed_tag():
     report = ConversionReport()
     assert repair_bio(["I-Dish", "I-Price", "O"], report) == ["B-Dish", "B-Price", "O"]
     assert report.counts == {"ill_formed_tag": 2}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("नमस्ते दिल्ली.", ["नमस्ते", "दिल्ली", "."]),          # Devanagari vowel signs and viramas
+    ("ร้านอาหารไทย", ["ร้านอาหารไทย"]),                       # a Thai tone mark
+    ("مَطْعَم كبير", ["مَطْعَم", "كبير"]),                      # Arabic harakat
+    ("cafe\u0301 cre\u0300me, ok", ["cafe\u0301", "cre\u0300me", ",", "ok"]),  # decomposed (NFD) accents
+])
+def test_combining_marks_stay_in_their_word(text, words):
+    assert [w.text for w in split_words(text)] == words
+
+
+@given(st.text(alphabet="ab e\u0301\u0302न्ते.,$-'", max_size=30))
+def test_a_combining_mark_never_starts_a_word_right_after_another_character(text):
+    words = split_words(text)
+    assert all(text[w.start:w.end] == w.text for w in words)
+    assert "".join(w.text for w in words) == "".join(text.split())  # every non-space character, once, in order
+    for word in words:
+        if word.start > 0 and not text[word.start - 1].isspace():
+            assert not unicodedata.category(word.text[0]).startswith("M")
