@@ -9,6 +9,7 @@ import sys
 
 from backend.decoding import DECODINGS
 from backend.device import TRAINING_PRECISIONS
+from backend.spans import replace_lone_surrogates
 
 
 # --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
@@ -97,9 +98,11 @@ def _predict_command(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     pending: list[str] = []
+    interactive = sys.stdin.isatty()  # typed lines are answered one by one, piped ones in batches
     for line in sys.stdin:
-        pending.append(line.rstrip("\r\n"))
-        if len(pending) >= args.batch_size:
+        # An undecodable byte arrives as a lone surrogate: U+FFFD in its place keeps the offsets and the output UTF-8.
+        pending.append(replace_lone_surrogates(line.rstrip("\r\n")))
+        if len(pending) >= args.batch_size or interactive:
             flush(pending)
             pending = []
     if pending:

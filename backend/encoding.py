@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from backend.spans import replace_lone_surrogates
+
 
 @dataclass
 class Window:
@@ -78,7 +80,7 @@ def encode_word_lists(tokenizer, word_lists: Sequence[Sequence[str]], max_length
     if not nonempty:
         return []
     encoded = tokenizer(
-        [list(word_lists[i]) for i in nonempty],
+        [[replace_lone_surrogates(word) for word in word_lists[i]] for i in nonempty],
         is_split_into_words=True,
         add_special_tokens=False,
         return_attention_mask=False,

@@ -19,6 +19,20 @@ _WORD = re.compile(r"\w+(?:['\u2019\-./&]\w+)*|[^\w\s]")
 _WORD_START = re.compile(r"\w")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    r"""``text`` with every lone surrogate (half of an emoji cut by some script; an undecodable byte read from a
+    stream) replaced by U+FFFD. One code point for one, so every offset stays valid; the tokenizer and UTF-8
+    files cannot take them as they are.
+
+    >>> replace_lone_surrogates("ok \ud83d here") == "ok \ufffd here"
+    True
+    """
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _is_mark(character: str) -> bool:
     """Combining marks (accents of decomposed text, Indic vowel signs and viramas, Arabic harakat, Thai tone marks)
     belong to the letters before them, but the regular expression class of word characters does not hold them."""

@@ -23,7 +23,8 @@ def key_position(key: str | int, salt: str = "") -> float:
     >>> key_position(17) == key_position("17")
     True
     """
-    digest = hashlib.sha1((salt + str(key)).encode("utf-8")).digest()
+    # surrogatepass: a text key holding a lone surrogate still hashes (to its own, stable value)
+    digest = hashlib.sha1((salt + str(key)).encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from backend.spans import OUTSIDE, ConversionReport, Example
+from backend.spans import OUTSIDE, ConversionReport, Example, replace_lone_surrogates
 
 CONLL_DOCSTART = "-DOCSTART- -X- O"
 _SPACE = re.compile(r"\s+")
@@ -65,7 +65,7 @@ def bio_text(examples: Iterable[Example]) -> str:
 
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(replace_lone_surrogates(text), encoding="utf-8")  # UTF-8 cannot hold them; offsets stay
     return path
 
 

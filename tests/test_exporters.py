@@ -306,3 +306,17 @@ def test_mit_training_corpus_round_trips_through_tasks_unchanged(tmp_path):
     assert len(original) == 7660
     assert again == original
     assert "skipped or repaired" not in done.stderr
+
+
+def test_a_lone_surrogate_in_an_export_is_written_as_a_replacement_character(tmp_path):
+    # JSON may carry "\ud83d" (half an emoji cut by some script); UTF-8 files cannot.
+    text = "pho \ud83d near me"
+    tasks = [{"id": 1, "data": {"text": text}, "annotations": [{"result": [
+        {"from_name": "label", "to_name": "text", "type": "labels",
+         "value": {"start": 0, "end": 3, "text": "pho", "labels": ["Dish"]}}]}]}]
+    source, out = tmp_path / "export.json", tmp_path / "out.bio"
+    source.write_text(json.dumps(tasks), encoding="utf-8")  # ensure_ascii: the surrogate stays an escape
+    done = convert(source, "--to", "bio", "-o", out, "--label-config", RESTAURANT_XML)
+    assert done.returncode == 0, done.stderr
+    assert [e.tokens for e in read_bio(out)] == [["pho", "\ufffd", "near", "me"]]
+    assert [e.tags for e in read_bio(out)] == [["B-Dish", "O", "O", "O"]]

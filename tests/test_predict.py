@@ -130,3 +130,11 @@ def test_int8_prediction_is_an_opt_in_that_still_agrees_on_most_words(tiny_train
     pairs = [(a, b) for x, y in zip(predictor.predict_tags(token_lists), int8.predict_tags(token_lists))
              for a, b in zip(x, y)]
     assert sum(a == b for a, b in pairs) / len(pairs) > 0.9
+
+
+def test_a_lone_surrogate_in_a_text_does_not_take_its_batch_down(predictor):
+    texts = ["cheap \ud800 thai food", "italian food"]
+    first, second = predictor.predict(texts)
+    assert second.spans == predictor.predict(["italian food"])[0].spans
+    for span in first.spans:
+        assert texts[0][span.start:span.end] == span.text

@@ -64,3 +64,9 @@ def test_tiny_data_still_gets_both_sides():
     train, validation = split_examples([(1, "a"), (2, "b")], 0.1)
     assert len(train) == 1 and len(validation) == 1
     assert split_examples([(1, "a"), (2, "b")], 0.0) == (["a", "b"], [])
+
+
+def test_a_key_with_a_lone_surrogate_hashes_to_a_stable_position():
+    from backend.splits import key_position
+
+    assert key_position("pho \ud83d") == key_position("pho \ud83d") != key_position("pho \ufffd")
