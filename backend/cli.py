@@ -9,12 +9,21 @@ import sys
 
 from backend.decoding import DECODINGS
 from backend.device import TRAINING_PRECISIONS
+from backend.formats import FORMATS
 from backend.spans import replace_lone_surrogates
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a whole number >= 1")
+    return number
+
+
 # --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
-def _read_examples(paths: list[str], label_config: str | None):
-    """Examples from every --data file (format detected) and the BIO label list: the config's, else the data's."""
+def _read_examples(paths: list[str], label_config: str | None, fmt: str | None = None):
+    """Examples from every --data file (in ``fmt``, else detected) and the BIO label list: the config's, else the
+    data's."""
     from backend.formats import entity_labels, load_examples, restrict_labels
     from backend.spans import ConversionReport
 
@@ -25,7 +34,7 @@ def _read_examples(paths: list[str], label_config: str | None):
         schema = load_label_config(label_config)
     report, examples = ConversionReport(), []
     for path in paths:
-        examples.extend(load_examples(path, schema=schema, report=report))
+        examples.extend(load_examples(path, fmt, schema=schema, report=report))
     if schema is not None:
         examples = restrict_labels(examples, schema.labels, report)
         bio = list(schema.bio_labels)
@@ -43,7 +52,18 @@ def _train_command(args: argparse.Namespace) -> int:
 
     from backend.train import TrainingConfig, train_model
 
-    examples, bio = _read_examples(args.data, args.label_config)
+    examples, bio = _read_examples(args.data, args.label_config, args.from_format)
+    if not any(tag != "O" for example in examples for tag in example.tags):
+        raise ValueError(
+            f"no entity in the training data ({len(examples)} examples, every word tagged O): a model trained on it "
+            "could only predict O; check that --data holds annotations and that the labels (and <Labels name>) of "
+            "--label-config are those of the data")
+    base = Path(args.base_model).expanduser()
+    if args.base_model.startswith(("/", "./", "../", "~")) and not base.is_dir():
+        raise FileNotFoundError(f"--base-model {args.base_model}: no such folder")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {args.out}: a file is in the way (the trained version is a folder)")
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "max_length", "threads",
                                                "device", "precision", "validation_fraction", "frozen_layers") if getattr(args, k) is not None}
     config = TrainingConfig(base_model=args.base_model, freeze_embeddings=not args.train_embeddings, **options)
@@ -54,7 +74,7 @@ def _train_command(args: argparse.Namespace) -> int:
         bar.set_postfix(epoch=progress.epoch, refresh=False)
         bar.update(progress.step - bar.n)
 
-    result = train_model(examples, bio, config, Path(args.out), progress=show)
+    result = train_model(examples, bio, config, out, progress=show)
     bar.close()
     metrics = result.metrics
     overall = metrics.get("overall") or {}
@@ -73,7 +93,11 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from backend.predict import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
-    examples, _ = _read_examples(args.data, None)
+    examples, _ = _read_examples(args.data, None, args.from_format)
+    unknown = sorted({tag[2:] for e in examples for tag in e.tags if tag != "O"} - set(predictor.entity_labels))
+    if unknown:
+        print(f"warning: labels in the data that the model does not know (they count as missed): {', '.join(unknown)}",
+              file=sys.stderr)
     predicted: list[list[str]] = []
     chunk = 256
     for at in tqdm(range(0, len(examples), chunk), unit="chunk", file=sys.stderr, desc="evaluating"):
@@ -121,14 +145,15 @@ def add_model_commands(commands) -> None:
     train = commands.add_parser("train", help="fine-tune a model on BIO / CoNLL 2003 / Label Studio JSON files")
     train.add_argument("--data", action="append", required=True, metavar="FILE",
                        help="training file (repeatable); format detected: BIO, CoNLL 2003 or Label Studio JSON export")
+    train.add_argument("--from", dest="from_format", choices=FORMATS, help="format of every --data file (default: detected)")
     train.add_argument("--base-model", default="distilbert-base-uncased",
                        help="hub id or local folder to start from (default: distilbert-base-uncased)")
     train.add_argument("--out", required=True, metavar="DIR", help="folder for the trained version")
     train.add_argument("--label-config", metavar="XML",
                        help="Label Studio label config: its labels (in its order) become the model's; default: labels seen in the data")
-    train.add_argument("--epochs", type=int, help="default: 5, more on small data (at least 300 optimizer steps)")
+    train.add_argument("--epochs", type=_positive, help="default: 5, more on small data (at least 300 optimizer steps)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
-    train.add_argument("--batch-size", type=int, help="sentences per optimizer step (default 32; 16 below 2000 sentences)")
+    train.add_argument("--batch-size", type=_positive, help="sentences per optimizer step (default 32; 16 below 2000 sentences)")
     train.add_argument("--seed", type=int, help="random seed (default 42)")
     train.add_argument("--max-length", type=int, help="subwords per window; longer texts are split (default 128)")
     train.add_argument("--validation-fraction", type=float, help="share held out to pick the best epoch (default 0.1)")
@@ -146,6 +171,7 @@ def add_model_commands(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score a saved model on annotated files (word-level seqeval)")
     evaluate.add_argument("--model", required=True, metavar="DIR")
     evaluate.add_argument("--data", action="append", required=True, metavar="FILE")
+    evaluate.add_argument("--from", dest="from_format", choices=FORMATS, help="format of every --data file (default: detected)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--threads", type=int)
@@ -182,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError) as error:  # bad input (file, format, option, folder): one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

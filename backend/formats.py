@@ -216,7 +216,8 @@ def detect_format(path: str | Path) -> str:
     if conll:
         return "conll2003"
     raise FormatError(
-        f"{path}: cannot tell the format (not JSON, no TAG<TAB>token or 'token -X- _ TAG' lines); pass --from"
+        f"{path}: cannot tell the format (not JSON, no TAG<TAB>token or 'token -X- _ TAG' lines with upper-case "
+        "B-/I- tags); pass --from bio, conll2003 or ls-json"
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
 from backend.formats import (
+    FORMATS,
     FormatError,
     detect_format,
     entity_labels,
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", nargs="?", metavar="INPUT", help="input file (omit with --url)")
     convert.add_argument("--to", required=True, choices=("conll2003", "bio", "dataset", "tasks"), help="output format")
     convert.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file or folder (see below)")
-    convert.add_argument("--from", dest="from_format", choices=("ls-json", "bio", "conll2003"), help="input format (default: detected)")
+    convert.add_argument("--from", dest="from_format", choices=FORMATS, help="input format (default: detected)")
     convert.add_argument("--label-config", metavar="XML", help="Label Studio labelling config file (e.g. label_config/restaurant.xml)")
     convert.add_argument("--from-name", help="the <Labels name=...> to use when the config has several")
     convert.add_argument("--as", dest="as_", choices=("annotations", "predictions"), default="annotations",

@@ -81,3 +81,58 @@ def test_train_without_data_files_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--out", "x"])
     assert "--data" in capsys.readouterr().err
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def test_bad_input_is_one_error_line_naming_it_not_a_traceback(tmp_path, bio_files, tiny_base_model, capsys):
+    empty, only_o = tmp_path / "empty.bio", tmp_path / "only_o.bio"
+    empty.write_text("")
+    only_o.write_text("O\tcheap\nO\tfood\n")
+    base = ["--base-model", str(tiny_base_model), "--out", str(tmp_path / "m")]
+    assert main(["train", "--data", str(empty), *base]) == 1
+    assert "empty.bio: the file is empty" in _one_error_line(capsys)
+    assert main(["train", "--data", str(tmp_path / "missing.bio"), *base]) == 1
+    assert "missing.bio" in _one_error_line(capsys)
+    assert main(["train", "--data", str(only_o), *base]) == 1  # a model that can only say O is refused
+    assert "no entity" in _one_error_line(capsys)
+    assert main(["train", "--data", str(bio_files[1]), "--base-model", str(tmp_path / "no-such-model"),
+                 "--out", str(tmp_path / "m")]) == 1
+    assert "no-such-model" in _one_error_line(capsys)
+    (tmp_path / "file").write_text("in the way")
+    assert main(["train", "--data", str(bio_files[1]), "--base-model", str(tiny_base_model),
+                 "--out", str(tmp_path / "file")]) == 1  # refused before training, not after
+    assert "in the way" in _one_error_line(capsys)
+    assert main(["evaluate", "--model", str(tmp_path), "--data", str(bio_files[1])]) == 1
+    assert "not a saved model version" in _one_error_line(capsys)
+    assert not (tmp_path / "m").exists()
+
+
+def test_from_overrides_the_detected_format(cli_model, bio_files, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(cli_model), "--data", str(bio_files[1]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["support"] > 0
+    # read as CoNLL, the last column (the word) is taken for the tag: nothing is an entity any more
+    assert main(["evaluate", "--model", str(cli_model), "--data", str(bio_files[1]), "--from", "conll2003", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["overall"]["support"] == 0 and "is not O, B-x or I-x" in captured.err
+
+
+def test_evaluate_warns_about_labels_the_model_does_not_know(cli_model, tmp_path, capsys):
+    data = tmp_path / "other.bio"
+    data.write_text("B-PER\tangela\nI-PER\tmerkel\nO\tate\nB-Dish\tpizza\n")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(cli_model), "--data", str(data), "--json"]) == 0
+    assert "does not know (they count as missed): PER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size"])
+def test_zero_epochs_or_batch_size_is_refused_by_the_parser(option, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x.bio", "--out", "x", option, "0"])
+    assert "not a whole number >= 1" in capsys.readouterr().err
