@@ -230,14 +230,14 @@ class JobQueue:
 
     def _run_once(self, project: str, job: _Job, payload: dict) -> None:
         path = self._status_path(project)
-        path.unlink(missing_ok=True)
-        self.status_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             job.status.runs_started += 1
             job.status.last_started_at = utc_now()
             job.status.progress = JobProgress()
         error, result = None, None
         try:
+            path.unlink(missing_ok=True)
+            self.status_dir.mkdir(parents=True, exist_ok=True)
             process = self._context.Process(target=_child_main, name=f"training-{project}",
                                             args=(self.target, project, payload, str(path), self.nice))
             process.start()
@@ -255,7 +255,8 @@ class JobQueue:
             with self._lock:
                 job.process = None
             process.close()  # release its pipe now, not at garbage collection: a server runs many trainings
-        except Exception as failure:  # noqa: BLE001 - e.g. the target cannot be pickled; report, don't die
+        except Exception as failure:  # noqa: BLE001 - e.g. an unwritable status folder, a target that cannot be
+            # pickled: report it in the status, and never leave the project marked as training
             error = f"could not run the training process: {type(failure).__name__}: {failure}"
         if error:
             log.error("training of project %s failed: %s", project, error)

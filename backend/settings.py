@@ -84,6 +84,21 @@ def _precision(value: str) -> str:
     return value
 
 
+def _unwritable_folder(path: Path) -> str | None:
+    """Why ``path`` cannot hold model versions (None when it can), without creating anything: it must be a
+    writable folder, or be creatable inside the nearest existing one."""
+    if path.exists():
+        if not path.is_dir():
+            return "is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this process cannot write to"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
+
+
 def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(value)
@@ -150,11 +165,15 @@ class Settings:
         start_model = _text(env, "START_MODEL")
         if start_model is not None and not Path(start_model).is_dir():
             raise SettingsError(f"START_MODEL={start_model!r} is not a folder; give a saved model version folder or unset it")
+        model_dir = Path(_text(env, "MODEL_DIR", "models"))
+        problem = _unwritable_folder(model_dir)
+        if problem:
+            raise SettingsError(f"MODEL_DIR={str(model_dir)!r} {problem}; model versions are stored there")
         positive = _at_least(1, int)
         return cls(
             label_studio_url=_parse(env, "LABEL_STUDIO_URL", _url, "an http(s):// URL", None),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
-            model_dir=Path(_text(env, "MODEL_DIR", "models")),
+            model_dir=model_dir,
             base_model=_text(env, "BASE_MODEL", cls.base_model),
             start_model=Path(start_model) if start_model else None,
             basic_auth_user=user,

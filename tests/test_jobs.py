@@ -123,6 +123,20 @@ def test_a_failed_run_reports_its_error(tmp_path, queue_of):
     assert status.last_error == "ValueError: project 7 has no annotated tasks"
 
 
+def test_an_unusable_status_folder_is_reported_and_the_project_does_not_stay_training(tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    queue = JobQueue(failing_run, in_the_way / "jobs")
+    try:
+        queue.trigger("7")
+        assert queue.wait_idle("7", WAIT_S)
+        status = queue.status("7")
+        assert not status.running and not status.pending and status.runs_finished == 1
+        assert "could not run the training process" in status.last_error
+    finally:
+        queue.shutdown()
+
+
 def test_a_killed_run_is_reported_as_killed(tmp_path, queue_of):
     queue = queue_of(killed_run)
     queue.trigger("7")

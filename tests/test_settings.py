@@ -65,3 +65,14 @@ def test_the_printed_settings_never_show_secrets():
     settings = Settings.from_env({"LABEL_STUDIO_API_KEY": "secret-key-123", "BASIC_AUTH_USER": "u",
                                   "BASIC_AUTH_PASS": "secret-pass-456"})
     assert "secret-key-123" not in repr(settings) and "secret-pass-456" not in repr(settings)
+
+
+def test_model_dir_must_be_a_writable_folder_or_creatable_but_is_not_created(tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for bad in (in_the_way, in_the_way / "models"):
+        with pytest.raises(SettingsError, match="MODEL_DIR"):
+            Settings.from_env({"MODEL_DIR": str(bad)})
+    fresh = tmp_path / "new" / "models"
+    assert Settings.from_env({"MODEL_DIR": str(fresh)}).model_dir == fresh
+    assert not fresh.exists()
