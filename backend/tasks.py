@@ -52,6 +52,17 @@ def choose_annotation(task: dict) -> dict | None:
     return max(annotations, key=lambda a: (bool(a.get("ground_truth")), _recency(a)))
 
 
+def result_labels(value: dict) -> list:
+    """The labels of a result's ``value``: Label Studio writes a list; a hand-made ``"labels": "PER"`` is one label
+    (not the letters P, E, R).
+
+    >>> result_labels({"labels": ["PER"]}), result_labels({"labels": "PER"}), result_labels({})
+    (['PER'], ['PER'], [])
+    """
+    labels = value.get("labels") or []
+    return [labels] if isinstance(labels, str) else list(labels) if isinstance(labels, (list, tuple)) else []
+
+
 def results_to_spans(
     results: Iterable[dict],
     schema: LabelSchema,
@@ -80,7 +91,7 @@ def results_to_spans(
         if result.get("to_name", schema.to_name) != schema.to_name:
             continue
         value = result.get("value") or {}
-        labels = value.get("labels") or []
+        labels = result_labels(value)
         start, end = value.get("start"), value.get("end")
         here = f"{where} result {result.get('id', '')}".strip()
         if not isinstance(start, int) or not isinstance(end, int) or not labels:
@@ -206,7 +217,7 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
                 if isinstance(result, dict) and result.get("from_name") == from_name and \
                         str(result.get("type", "")).lower() == LABELS_TYPE:
                     # only the first label of a result counts (see results_to_spans)
-                    for label in ((result.get("value") or {}).get("labels") or [])[:1]:
+                    for label in result_labels(result.get("value") or {})[:1]:
                         labels.setdefault(str(label), None)
     if data_key is None:
         data = next((t.get("data") for t in tasks if isinstance(t.get("data"), dict)), {})

@@ -70,6 +70,13 @@ def test_result_with_several_labels_keeps_the_first_and_is_counted():
     assert "task 4" in report.summary()
 
 
+def test_a_label_written_as_a_string_is_one_label_not_its_letters():
+    report = ConversionReport()
+    hand_made = {**result(6, 10, "thai"), "value": {"start": 6, "end": 10, "text": "thai", "labels": "Cuisine"}}
+    assert results_to_spans([hand_made], SCHEMA, report) == [Span(6, 10, "Cuisine", "thai")]
+    assert not report
+
+
 def test_result_without_offsets_or_label_is_counted_and_left_out():
     report = ConversionReport()
     broken = [{"from_name": "label", "to_name": "text", "type": "labels", "value": {"labels": ["Dish"]}},
