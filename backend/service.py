@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MODEL_CLASS = "NerBackend"
 UNTRAINED = "untrained"
 START_PREFIX = "start-"
+UNFIT_SUFFIX = " (does not fit the label config)"  # the version name of empty answers while it does not
 TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"}
 START_TRAINING = "START_TRAINING"
 MIN_TRAINING_TASKS = 2
@@ -257,6 +258,10 @@ class NerService:
         """The version name that answers for ``project`` now, without loading anything (fast, for /setup)."""
         current = self.store.current(project)
         if current is not None:
+            if schema is not None and not fits(model_entity_labels(self.store.version_dir(project, current)), schema):
+                # A name of its own for "no suggestions": Label Studio keeps predictions per version name, and must
+                # ask again once the config fits (or a new version serves) instead of keeping the empty ones.
+                return f"{current}{UNFIT_SUFFIX}"
             return current
         if self._start_model_fits(schema):
             return self._start_version()
@@ -450,10 +455,13 @@ def start_version(settings: Settings) -> str:
 
 
 def _previous_model(settings: Settings, store: ModelStore, project: str, schema: LabelSchema) -> tuple[str, Path] | None:
-    """The model serving before this run (current version, else a fitting start model) for the comparison."""
+    """The model serving before this run (current version, else a fitting start model) for the comparison; None
+    when there is none, or when the current version no longer fits the config (a label renamed or removed): it
+    cannot serve, so it cannot hold back a candidate that can."""
     current = store.current(project)
     if current is not None:
-        return current, store.version_dir(project, current)
+        folder = store.version_dir(project, current)
+        return (current, folder) if fits(model_entity_labels(folder), schema) else None
     if settings.start_model is not None and fits(model_entity_labels(settings.start_model), schema):
         return start_version(settings), settings.start_model
     return None
@@ -541,6 +549,9 @@ def train_project(
             previous_scores=previous_scores,
         )
         manifest.promoted, manifest.decision = _decide(settings, manifest)
+        current = store.current(project)
+        if previous is None and current is not None:
+            manifest.decision = f"promoted: {current} does not fit the label config any more, so it cannot serve"
         version = store.commit(project, temporary, manifest)
         committed = True
         if manifest.promoted:

@@ -11,7 +11,7 @@ from backend.metrics import EntityScore, Scores
 from backend.service import TrainingDataError, credentials_for, project_id, train_project
 from backend.settings import Settings
 from backend.store import ModelStore
-from tests.service_fakes import FakeLabelStudio, annotated_task, write_model_folder
+from tests.service_fakes import CONFIG, FakeLabelStudio, annotated_task, write_model_folder
 
 TEXTS = ["cheap pizza near me", "thai food please", "sushi for two", "where can i get cheap sushi",
          "best thai pizza", "a quiet place", "pizza and sushi", "cheap eats downtown", "thai curry", "open late"]
@@ -93,6 +93,15 @@ def test_a_worse_candidate_is_kept_but_not_promoted(settings):
     assert summary["version"] == "v2" and not summary["promoted"]
     assert store.current("3") == "v1" and store.version_names("3") == ["v1", "v2"]
     assert "not promoted" in client.instruction and "v2 (not promoted)" in client.descriptions[-1]
+
+
+def test_a_candidate_replaces_a_current_version_that_no_longer_fits_the_config_whatever_their_scores(settings):
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining(candidate_f1=0.8))
+    client.config = CONFIG.replace('value="Cuisine"', 'value="Food"')  # a label renamed in Label Studio
+    store, summary = _train(settings, client, FakeTraining(candidate_f1=0.2, current_f1=0.8))
+    assert summary["promoted"] and store.current("3") == "v2"
+    assert "v1 does not fit the label config" in summary["decision"]
 
 
 def test_an_equal_candidate_is_promoted(settings):
