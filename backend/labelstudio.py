@@ -79,10 +79,12 @@ class LabelStudioClient:
     token (a JWT refresh token) for an access token itself, so both kinds of key work.
     """
 
-    def __init__(self, credentials: Credentials, timeout: float = 60.0):
+    def __init__(self, credentials: Credentials, timeout: float = 60.0, backend_auth: tuple[str, str] | None = None):
+        """``backend_auth``: this backend's own BASIC_AUTH_USER / BASIC_AUTH_PASS, when it has them."""
         from label_studio_sdk import LabelStudio  # imported here: only the training child needs it
 
         self.credentials = credentials
+        self.backend_auth = backend_auth
         self._ls = LabelStudio(base_url=credentials.url, api_key=credentials.api_key, timeout=timeout)
 
     def _call(self, what: str, function, *args, **kwargs):
@@ -113,8 +115,9 @@ class LabelStudioClient:
     def write_instruction_block(self, project: int, block_html: str) -> None:
         found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
         text = replace_report_block(getattr(found, "expert_instruction", None), block_html)
+        # show_instruction is the lead's choice (the pop-up before labelling): it is left as it is
         self._call(f"updating the instructions of project {project}", self._ls.projects.update,
-                   id=project, expert_instruction=text, show_instruction=True)
+                   id=project, expert_instruction=text)
 
     def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool:
         """Set the description of this backend's ML record in ``project``; False when it cannot be told apart.
@@ -129,7 +132,13 @@ class LabelStudioClient:
                         project, len(records))
             return False
         record = records[0]
-        # Label Studio answers 500 to a PATCH of an ML record without url and project in the body
+        # Label Studio answers 500 to a PATCH of an ML record without url and project in the body, and checks the
+        # connection again with the auth the body implies: without ours, a backend behind basic auth answers 401
+        # and the PATCH is refused (400)
+        auth = {}
+        if self.backend_auth:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": self.backend_auth[0],
+                    "basic_auth_pass": self.backend_auth[1]}
         self._call(f"updating ML backend {record.id} of project {project}", self._ls.ml.update,
-                   id=record.id, url=record.url, project=project, description=description)
+                   id=record.id, url=record.url, project=project, description=description, **auth)
         return True

@@ -602,7 +602,8 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     # the SDK's client logs every request, including the 404 that ends its paging; keep only problems
     logging.getLogger("httpx").setLevel(logging.WARNING)
     store = ModelStore(settings.model_dir)
-    client = LabelStudioClient(credentials_for(settings, payload))
+    backend_auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    client = LabelStudioClient(credentials_for(settings, payload), backend_auth=backend_auth)
     try:
         return train_project(settings, project, client, store, progress)
     except Exception as error:

@@ -167,7 +167,7 @@ def test_a_failed_job_is_reported_into_the_project_like_a_result(settings, monke
     from backend.service import run_training_job
 
     client = FakeLabelStudio(_tasks()[:1])
-    monkeypatch.setattr(service_module, "LabelStudioClient", lambda credentials: client)
+    monkeypatch.setattr(service_module, "LabelStudioClient", lambda credentials, **_: client)
     payload = {"hostname": "http://ls:8080", "access_token": "t"}
     with pytest.raises(TrainingDataError):
         run_training_job(settings, "3", payload, lambda *args, **kwargs: None)
