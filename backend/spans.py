@@ -183,9 +183,10 @@ def clean_spans(
 
     Policy (each case is counted in ``report``):
     - ``unknown_label``: label not in ``labels`` (when given): left out.
-    - ``out_of_range``: offsets not integers with ``0 <= start < end <= len(text)``: left out.
-    - ``realigned``: ``span.text`` differs from ``text[start:end]`` but occurs in the text: moved to the
-      nearest occurrence. ``text_mismatch``: it occurs nowhere: the offsets are kept as given.
+    - ``out_of_range``: offsets not integers with ``0 <= start < end <= len(text)``, and ``span.text`` not in the
+      text: left out.
+    - ``realigned``: ``span.text`` differs from ``text[start:end]`` (or the offsets run past the text) but occurs
+      in the text: moved to the nearest occurrence. ``text_mismatch``: it occurs nowhere: the offsets are kept as given.
     - ``empty_span``: covers only whitespace: left out.
     - ``overlapping``: overlaps a span kept before it (earlier start wins; on equal starts the longer):
       left out.
@@ -198,9 +199,16 @@ def clean_spans(
         if known is not None and span.label not in known:
             report.add("unknown_label", here, f"label {span.label!r} is not in the label config; left out")
             continue
-        if not (isinstance(span.start, int) and isinstance(span.end, int) and 0 <= span.start < span.end <= len(text)):
-            report.add("out_of_range", here, f"offsets outside the text of length {len(text)}; left out")
-            continue
+        integers = isinstance(span.start, int) and isinstance(span.end, int)
+        if not (integers and 0 <= span.start < span.end <= len(text)):
+            # Offsets past the end, as UTF-16 counting leaves them after emoji, still place a span whose text
+            # is in the text.
+            moved = realign_span(text, span) if integers else None
+            if moved is None:
+                report.add("out_of_range", here, f"offsets outside the text of length {len(text)}; left out")
+                continue
+            report.add("realigned", here, f"{span.text!r} moved to [{moved.start}:{moved.end}]")
+            span = moved
         if span.text and text[span.start:span.end] != span.text:
             moved = realign_span(text, span)
             if moved is None:

@@ -176,6 +176,15 @@ def test_mismatched_span_text_is_realigned_to_the_nearest_occurrence():
     assert report.counts == {"realigned": 2}
 
 
+def test_a_span_shifted_past_the_end_by_emoji_is_realigned_not_dropped():
+    # UTF-16 offsets after three emoji: the last span ends 3 past the end of the text
+    text = "😀😀 Emmanuel Macron 😀 visited Lyon"
+    report = ConversionReport()
+    spans = clean_spans(text, [Span(5, 20, "PER", "Emmanuel Macron"), Span(32, 36, "LOC", "Lyon")], None, report)
+    assert [text[s.start:s.end] for s in spans] == ["Emmanuel Macron", "Lyon"]
+    assert report.counts == {"realigned": 2}
+
+
 def test_shifted_span_text_moves_to_the_exact_occurrence():
     report = ConversionReport()
     text = "x thai food"
