@@ -91,7 +91,8 @@ def webhook():
 
 @bp.get("/versions")
 def versions():
-    # Label Studio sends GET /versions with a JSON body {"project": "<id>.<ts>"}; people use ?project=ID.
+    # People use ?project=ID; a JSON body {"project": ...} is read too. Label Studio 1.23 sends neither (its GET
+    # has no body), so it gets every project's versions.
     project = request.args.get("project")
     if project is None:
         body = request.get_json(force=True, silent=True) if request.get_data(cache=True) else None

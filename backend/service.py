@@ -404,9 +404,15 @@ class NerService:
         }
 
     def all_versions(self) -> dict[str, Any]:
-        """/versions without a project: every project's versions."""
+        """/versions without a project (Label Studio 1.23 asks so: its GET carries no body): every project's
+        versions, named ``<project>/<version>`` when several projects have some, so no two look alike."""
         per_project = {p: self.versions(p) for p in self.store.projects()}
-        return {"versions": [v for p in per_project.values() for v in p["versions"]], "projects": per_project}
+        with_versions = [p for p, listing in per_project.items() if listing["versions"]]
+        if len(with_versions) <= 1:
+            names = [v for p in with_versions for v in per_project[p]["versions"]]
+        else:
+            names = [f"{p}/{v}" for p in with_versions for v in per_project[p]["versions"]]
+        return {"versions": names, "projects": per_project}
 
     def report(self, project: str) -> str:
         """/report: the project's HTML report page."""

@@ -265,9 +265,19 @@ def test_versions_lists_readable_names_with_time_and_f1(client, parts):
     assert [(d["version"], d["f1"], d["promoted"], d["current"]) for d in answer["details"]] == \
         [("v1", 0.5, True, True), ("v2", 0.4, False, False)]
     assert all(d["created_at"].endswith("Z") for d in answer["details"])
-    # Label Studio's own call: GET with a JSON body naming the project
+    # a GET with a JSON body naming the project
     ls_style = client.open("/versions", method="GET", json={"project": PROJECT}).json
     assert ls_style["versions"] == ["v1", "v2"]
+
+
+def test_versions_without_a_project_never_shows_two_alike(client, parts):
+    # Label Studio 1.23's GET /versions carries no project: it gets every project's versions
+    store, _, _ = parts
+    add_version(store, "3", ["Dish"])
+    add_version(store, "3", ["Dish"])
+    assert client.get("/versions").json["versions"] == ["v1", "v2"]  # one project: plain names
+    add_version(store, "5", ["Dish"])
+    assert client.get("/versions").json["versions"] == ["3/v1", "3/v2", "5/v1"]
 
 
 def test_status_shows_each_projects_version_and_training_state(client, parts):
