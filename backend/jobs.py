@@ -270,6 +270,8 @@ class JobQueue:
             if isinstance(final, dict) and isinstance(final.get("progress"), dict):
                 job.status.progress = JobProgress(**{k: v for k, v in final["progress"].items()
                                                      if k in JobProgress.__dataclass_fields__})
+            if error and job.status.progress is not None:
+                job.status.progress.stage = "failed"  # not the stage it was in when it failed (see last_error)
 
 
 def _exit_message(exitcode: int | None, closing: bool) -> str:

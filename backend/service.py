@@ -346,6 +346,10 @@ class NerService:
         state = self._state(project)
         if action == START_TRAINING:
             return WebhookOutcome(action, project, self._start_training(project, state))
+        annotation = body.get("annotation")
+        if action == "ANNOTATION_CREATED" and isinstance(annotation, dict) and annotation.get("was_cancelled"):
+            # a skipped task: training never uses cancelled annotations, so it is no reason to train again
+            return WebhookOutcome(action, project, "ignored: a skipped task (cancelled annotation)")
         with self._lock:
             state.annotations_since_training += 1
             count = state.annotations_since_training

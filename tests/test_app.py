@@ -188,6 +188,14 @@ def test_every_nth_annotation_event_starts_training(client, parts):
     assert client.get("/status?project=3").json["projects"]["3"]["annotations_since_training"] == 2
 
 
+def test_a_skipped_task_does_not_count_towards_training(client, parts):
+    skipped = {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 9, "was_cancelled": True}}
+    for _ in range(3):
+        assert "skipped" in client.post("/webhook", json=skipped).json["decision"]
+    assert parts[1].triggers == []
+    assert client.get("/status?project=3").json["projects"]["3"]["annotations_since_training"] == 0
+
+
 def test_start_training_resets_the_annotation_count(client, parts):
     client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}})
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})

@@ -121,6 +121,7 @@ def test_a_failed_run_reports_its_error(tmp_path, queue_of):
     status = queue.status("7")
     assert not status.running and status.runs_finished == 1
     assert status.last_error == "ValueError: project 7 has no annotated tasks"
+    assert status.progress.stage == "failed"
 
 
 def test_an_unusable_status_folder_is_reported_and_the_project_does_not_stay_training(tmp_path):
