@@ -103,8 +103,9 @@ def parse_label_config(xml: str, from_name: str | None = None, to_name: str | No
     if len(pairs) > 1:
         names = ", ".join(f"{p.from_name} -> {p.to_name}" for p in pairs)
         raise LabelConfigError(
-            f"the label config has several <Labels>/<Text> pairs ({names}); choose one by its Labels name (from_name)"
-            + (" and Text name (to_name)" if len({p.from_name for p in pairs}) == 1 else "")
+            f"the label config has several <Labels>/<Text> pairs ({names}); the ML backend handles configs with one "
+            "pair only (keep one in the project's config); for a conversion choose one by its Labels name "
+            "(--from-name)" + (" and Text name (to_name)" if len({p.from_name for p in pairs}) == 1 else "")
         )
 
     pair = pairs[0]
