@@ -105,7 +105,7 @@ def parse_label_config(xml: str, from_name: str | None = None, to_name: str | No
         raise LabelConfigError(
             f"the label config has several <Labels>/<Text> pairs ({names}); the ML backend handles configs with one "
             "pair only (keep one in the project's config); for a conversion choose one by its Labels name "
-            "(--from-name)" + (" and Text name (to_name)" if len({p.from_name for p in pairs}) == 1 else "")
+            "(from_name: the exporter's --from-name)" + (" and Text name (to_name)" if len({p.from_name for p in pairs}) == 1 else "")
         )
 
     pair = pairs[0]
