@@ -116,7 +116,8 @@ def read_conll2003(path: str | Path, report: ConversionReport | None = None) -> 
 
     The token is the first column and the tag the last (any 2+ whitespace-separated columns work);
     ``-DOCSTART-`` lines and blank lines end a sentence. IOB1 tags are converted to IOB2 (counted as
-    ``ill_formed_tag``). Lines with a single column are skipped (``bad_line``).
+    ``ill_formed_tag``). Lines with a single column are skipped (``bad_line``), and so are comments: lines whose
+    first field starts with ``#`` and whose last is not a tag (``comment_line``; ``# O`` stays a word).
     Raises ``FormatError`` when no sentence can be read.
     """
     path = Path(path)
@@ -129,6 +130,9 @@ def read_conll2003(path: str | Path, report: ConversionReport | None = None) -> 
             continue
         if len(fields) < 2:
             report.add("bad_line", f"{path}:{line_no}", f"{line.strip()!r:.40} has one column; expected 'token -X- _ TAG'; line skipped")
+            continue
+        if fields[0].startswith("#") and not _is_tag(fields[-1]):  # "# sent_id = 3": a comment, not a word
+            report.add("comment_line", f"{path}:{line_no}", f"{line.strip()!r:.40} read as a comment; line skipped")
             continue
         builder.add(fields[0], fields[-1], line_no)
     return _finish(builder, "'token -X- _ TAG' lines with blank lines between sentences")

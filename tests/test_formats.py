@@ -194,3 +194,11 @@ def test_restrict_labels_turns_unknown_labels_into_o_and_counts_them(tmp_path):
     examples = restrict_labels(read_bio(_write(tmp_path, "a.bio", BIO)), ["Hours"], report)
     assert [e.tags for e in examples] == [["O", "O", "O"], ["B-Hours", "I-Hours"]]
     assert report.counts == {"unknown_label": 2}
+
+
+def test_conll_comment_lines_are_skipped_but_a_hash_token_with_a_tag_is_a_word(tmp_path):
+    report = ConversionReport()
+    content = "# sent_id = 1\n# text = cheap # food\ncheap -X- _ B-Price\n# -X- _ O\nfood -X- _ O\n"
+    [example] = read_conll2003(_write(tmp_path, "a.conll", content), report)
+    assert example.tokens == ["cheap", "#", "food"] and example.tags == ["B-Price", "O", "O"]
+    assert report.counts == {"comment_line": 2}
