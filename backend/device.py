@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: settings and the CLI re
 # bf16 units (oneDNN's "fpmath" mode), CPU training only.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "bf32")
 TRAINING_PRECISIONS = ("auto", "fp32", "bf32", "bf16", "fp16")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,8 @@ def inference_placement(device: str = "auto", precision: str = "auto") -> Placem
     """Device and precision for prediction: ``auto`` casts the model to bf16 on CUDA and on CPUs with native
     bf16 (AMX / AVX-512 BF16), and keeps fp32 elsewhere."""
     _check(precision)
-    if precision == "bf32":
-        raise ValueError("bf32 is a training precision; for prediction use bf16 (the model cast), fp32 or int8")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"{precision} is a training precision; predict in one of {', '.join(INFERENCE_PRECISIONS)}")
     where = resolve_device(device)
     if precision == "int8" and where.type != "cpu":
         raise ValueError("int8 prediction runs on the CPU only; use --device cpu or another precision")

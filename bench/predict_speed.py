@@ -37,10 +37,14 @@ def _latencies(call, items) -> list[float]:
 
 
 def _median_pass(run, repeats: int = 3):
-    """The median wall time of ``repeats`` whole passes over the texts, and one pass's output: the first pass
-    over new batch shapes is slower, and this machine is shared."""
-    passes = [run() for _ in range(repeats)]
-    return statistics.median(seconds for seconds, _ in passes), passes[0][1]
+    """The median wall time of ``repeats`` calls of ``run`` (a whole pass over the texts), and the first call's
+    output: the first pass over new batch shapes is slower, and this machine is shared."""
+    seconds, outputs = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs.append(run())
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), outputs[0]
 
 
 def _summary(total_s: float, n: int, latencies_ms: list[float], f1: float, **extra) -> dict:
@@ -86,25 +90,13 @@ def measure(model_dir: Path, texts_n: int | None, threads: int, precision: str) 
 
     batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
 
-    def batched_pass() -> tuple[float, list]:
-        started = time.perf_counter()
-        out = []
-        for batch in batches:
-            out.extend(reference(batch, batch_size=32))
-        return time.perf_counter() - started, out
-
-    batched_s, batched_out = _median_pass(batched_pass)
+    batched_s, batched_out = _median_pass(
+        lambda: [entities for batch in batches for entities in reference(batch, batch_size=32)])
     batch_ms = _latencies(lambda batch: reference(batch, batch_size=32), batches)
 
     def ours(decoding: str) -> dict:
         predictor = predictors[decoding]
-
-        def whole_pass() -> tuple[float, list]:
-            started = time.perf_counter()
-            out = predictor.predict(texts)
-            return time.perf_counter() - started, out
-
-        total_s, out = _median_pass(whole_pass)
+        total_s, out = _median_pass(lambda: predictor.predict(texts))
         batch_ms = _latencies(predictor.predict, batches)
         spans = [[(s.start, s.end, s.label) for s in p.spans] for p in out]
         agreement = sum(a == b for a, b in zip(spans, as_spans(batched_out))) / len(texts)
