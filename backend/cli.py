@@ -77,9 +77,10 @@ def _train_command(args: argparse.Namespace) -> int:
     result = train_model(examples, bio, config, out, progress=show)
     bar.close()
     metrics = result.metrics
-    overall = metrics.get("overall") or {}
-    print(f"saved {result.model_dir}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
-          f"validation F1 {overall.get('f1', float('nan')):.4f} on {metrics['validation_size']} examples, "
+    overall = metrics.get("overall")
+    scored = (f"validation F1 {overall['f1']:.4f} on {metrics['validation_size']} examples" if overall
+              else f"scored on {metrics['scored_on']}")
+    print(f"saved {result.model_dir}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {scored}, "
           f"{metrics['train_time_s']:.0f} s, {metrics['samples_per_s']:.1f} samples/s")
     return 0
 

@@ -19,7 +19,7 @@ from backend.labelstudio import Credentials, LabelStudioClient, LabelStudioError
 from backend.report import failure_block, failure_description, instruction_block, ml_description, report_page
 from backend.schema import LabelConfigError, LabelSchema, parse_label_config
 from backend.settings import Settings
-from backend.spans import ConversionReport, OUTSIDE
+from backend.spans import ConversionReport, OUTSIDE, has_entities
 from backend.splits import split_examples
 from backend.store import Manifest, ModelStore, read_json, utc_now
 from backend.tasks import choose_annotation, spans_to_results, task_to_example
@@ -534,10 +534,12 @@ def train_project(
             raise RuntimeError(f"training saved the model in {result.model_dir}, expected {temporary}")
 
         progress("evaluating")
-        scores = evaluate_fn(temporary, validation_examples).to_dict() if validation_examples else None
+        # Validation tasks without any entity score F1 0 for every model: no scores rather than a misleading 0.
+        scorable = has_entities(validation_examples)
+        scores = evaluate_fn(temporary, validation_examples).to_dict() if scorable else None
         previous = _previous_model(settings, store, project, schema)
         previous_scores = None
-        if previous is not None and validation_examples:
+        if previous is not None and scorable:
             try:
                 previous_scores = evaluate_fn(previous[1], validation_examples).to_dict()
             except Exception:  # noqa: BLE001 - an unreadable old model must not block a new one
@@ -585,6 +587,9 @@ def _decide(settings: Settings, manifest: Manifest) -> tuple[bool, str]:
         return True, "promoted (PROMOTE_IF_NOT_WORSE is off)"
     if manifest.previous_version is None:
         return True, "promoted: first model of the project"
+    if manifest.f1 is None and manifest.validation_size:
+        return True, (f"promoted: no validation scores to compare (the {manifest.validation_size} validation "
+                      "task(s) have no entities)")
     if manifest.f1 is None or manifest.previous_f1 is None:
         return True, "promoted: no validation scores to compare"
     if manifest.f1 >= manifest.previous_f1:

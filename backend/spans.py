@@ -88,6 +88,12 @@ class Example:
         return [w.text for w in self.words]
 
 
+def has_entities(examples: Iterable[Example]) -> bool:
+    """Whether any word of ``examples`` is tagged as part of an entity: scores on a set without one are all 0, so
+    they can rank neither epochs nor model versions."""
+    return any(tag != OUTSIDE for example in examples for tag in example.tags)
+
+
 @dataclass
 class ConversionReport:
     """Counts of every input the conversion had to repair or leave out, with the first few places named.

@@ -21,7 +21,7 @@ from backend.dropout import use_fast_dropout
 from backend.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
 from backend.metrics import Scores, score_tags
 from backend.predict import Predictor
-from backend.spans import Example
+from backend.spans import Example, has_entities
 from backend.splits import split_examples
 
 
@@ -213,6 +213,18 @@ def train_model(
         train_set, validation = carve_validation(examples, config.validation_fraction)
     else:
         train_set = list(examples)
+    scored_on = "the given validation set" if validation_given else "validation carved from the training data"
+    if not validation:
+        scored_on = "nothing: there is no validation set, so the last epoch is kept"
+    elif not has_entities(validation):
+        # Every epoch would score F1 0 on it, so "the best epoch" would be the first, barely trained one. Keep the
+        # last epoch instead; a carved part goes back into training (its texts still teach what is not an entity).
+        scored_on = ("nothing: the given validation set has no entities, so the last epoch is kept" if validation_given
+                     else "nothing: the carved validation part had no entities, so it was trained on and the last "
+                          "epoch is kept")
+        if not validation_given:
+            train_set = list(examples)
+        validation = []
     train_set = [e for e in train_set if e.words]
     if not train_set:
         raise ValueError("no training examples with words: annotate some texts first")
@@ -323,7 +335,7 @@ def train_model(
     metrics = {
         "overall": best_scores.to_dict()["overall"] if best_scores else None,
         "per_entity": best_scores.to_dict()["per_entity"] if best_scores else {},
-        "scored_on": "the given validation set" if validation_given else "validation carved from the training data",
+        "scored_on": scored_on,
         "train_size": len(train_set),
         "validation_size": len(validation or []),
         "train_windows": len(windows),

@@ -14,7 +14,7 @@ from backend.store import ModelStore
 from tests.service_fakes import CONFIG, FakeLabelStudio, annotated_task, write_model_folder
 
 TEXTS = ["cheap pizza near me", "thai food please", "sushi for two", "where can i get cheap sushi",
-         "best thai pizza", "a quiet place", "pizza and sushi", "cheap eats downtown", "thai curry", "open late"]
+         "best thai pizza", "a quiet pizza place", "pizza and sushi", "cheap eats downtown", "thai curry", "open late"]
 
 
 def _tasks():
@@ -117,6 +117,23 @@ def test_with_promote_if_not_worse_off_every_candidate_is_promoted(settings):
     _train(settings, client, FakeTraining(candidate_f1=0.8))
     store, _ = _train(settings, client, FakeTraining(candidate_f1=0.1, current_f1=0.8))
     assert store.current("3") == "v2"
+
+
+def test_validation_tasks_without_entities_give_no_scores_instead_of_f1_zero(settings):
+    # Every model scores 0 on them: a comparison would promote anything and the report would show a false 0.
+    client = FakeLabelStudio(_tasks())
+    first = FakeTraining()
+    _train(settings, client, first)
+    held_out = set(first.scored_texts[0])
+    for task in client.tasks:
+        if task["data"]["text"] in held_out:
+            task["annotations"][0]["result"] = []
+    second = FakeTraining(candidate_f1=0.1, current_f1=0.9)
+    store, summary = _train(settings, client, second)
+    assert second.evaluated == []
+    assert summary["f1"] is None and summary["previous_f1"] is None and summary["validation_size"] == len(held_out)
+    assert summary["promoted"] and "have no entities" in summary["decision"]
+    assert "v2 (promoted)" in client.descriptions[-1] and "F1 \u2013;" in client.descriptions[-1]
 
 
 def test_reporting_can_be_switched_off(settings):

@@ -73,6 +73,34 @@ def test_given_validation_is_used_instead_of_a_carved_one(tiny_base_model, tmp_p
     assert (result.metrics["train_size"], result.metrics["validation_size"]) == (30, 7)
 
 
+def _without_entities(examples):
+    return [Example(e.text, e.words, ["O"] * len(e.tags), source=e.source) for e in examples]
+
+
+def test_a_validation_set_without_entities_keeps_the_last_epoch_instead_of_the_first(tiny_base_model, tmp_path):
+    # Every epoch scores F1 0 on it, so ranking epochs by it would keep the first, barely trained one.
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 3})
+    result = train_model(restaurant_examples(40, seed=6), bio_labels(), config, tmp_path / "m",
+                         validation=_without_entities(restaurant_examples(7, seed=7)))
+    metrics = result.metrics
+    assert (metrics["best_epoch"], metrics["epochs_run"]) == (3, 3)
+    assert metrics["overall"] is None and metrics["validation_size"] == 0
+    assert "no entities" in metrics["scored_on"]
+
+
+def test_a_carved_validation_part_without_entities_goes_back_into_training(tiny_base_model, tmp_path):
+    examples = restaurant_examples(60, seed=9)
+    train, validation = carve_validation(examples, TrainingConfig().validation_fraction)
+    assert train and validation
+    # The carve is keyed by text, so the same texts are carved again, now without an entity among them.
+    examples = train + _without_entities(validation)
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2})
+    metrics = train_model(examples, bio_labels(), config, tmp_path / "m").metrics
+    assert (metrics["train_size"], metrics["validation_size"]) == (60, 0)
+    assert (metrics["best_epoch"], metrics["epochs_run"]) == (2, 2)
+    assert "carved validation part had no entities" in metrics["scored_on"]
+
+
 def test_tags_outside_the_label_list_are_rejected_naming_the_example(tiny_base_model, tmp_path):
     text, words = tokens_to_text(["cheap", "thai"])
     bad = Example(text, words, ["O", "B-Cheese"], source="file.bio:3")
