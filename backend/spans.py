@@ -12,11 +12,19 @@ from typing import Iterable, Sequence
 
 OUTSIDE = "O"
 
+# Scripts written without spaces between words: Han (Chinese characters, Japanese kanji) and kana, where a
+# run of letters is a whole phrase or sentence, and Thai, Lao, Myanmar and Khmer. Each of their characters is a
+# word of its own (with its combining marks), as in character-level corpora such as MSRA's: an entity inside a
+# run can then be labelled, trained and predicted. BERT-style tokenizers split Han characters apart anyway.
+_CJK = ("\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+        "\U00020000-\U0003134f")
+_UNSPACED = _CJK + "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
 # A word is a run of word characters, optionally joined by in-word punctuation (joe's, 24/7, a&w, 10-15);
 # every other non-space character is a word of its own. Lowercase corpora such as MIT's split the same
 # way as before (its tokens are all [a-z0-9]), while "pizza," yields "pizza" and ",".
-_WORD = re.compile(r"\w+(?:['\u2019\-./&]\w+)*|[^\w\s]")
-_WORD_START = re.compile(r"\w")
+_WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+(?:['\u2019\-./&][^\W{_UNSPACED}]+)*|[^\w\s]")
+_WORD_START = re.compile(rf"[^\W{_UNSPACED}]")
+_CJK_CHARACTER = re.compile(rf"[{_CJK}]")
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -148,16 +156,27 @@ def split_words(text: str, boundaries: Iterable[int] = ()) -> list[Word]:
 
 
 def tokens_to_text(tokens: Sequence[str]) -> tuple[str, list[Word]]:
-    """Join pre-split tokens with single spaces; return the text and each token's offsets.
+    """Join pre-split tokens with single spaces (none between Chinese or Japanese characters, which are written
+    without); return the text and each token's offsets.
 
     >>> tokens_to_text(["cheap", "thai"])
     ('cheap thai', [Word(text='cheap', start=0, end=5), Word(text='thai', start=6, end=10)])
+    >>> tokens_to_text(["在", "北", "京", "3", "天"])[0]
+    '在北京 3 天'
     """
-    words, offset = [], 0
+    words: list[Word] = []
+    parts: list[str] = []
+    offset = 0
     for token in tokens:
+        if parts:
+            joined = _CJK_CHARACTER.fullmatch(parts[-1][-1:]) and _CJK_CHARACTER.match(token)
+            if not joined:
+                parts.append(" ")
+                offset += 1
         words.append(Word(token, offset, offset + len(token)))
-        offset += len(token) + 1
-    return " ".join(tokens), words
+        parts.append(token)
+        offset += len(token)
+    return "".join(parts), words
 
 
 def realign_span(text: str, span: Span) -> Span | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -434,3 +435,42 @@ def test_exporting_without_a_label_config_finds_the_text_field_among_several_str
     schema = parse_label_config(REVIEW_CONFIG)
     assert [e.tokens for e in read_conll2003(out)] == [task_to_example(t, schema, ConversionReport()).tokens
                                                         for t in tasks]
+
+
+DISHES, CITIES = ["烤鸭", "小笼包", "麻婆豆腐", "火锅", "拉面"], ["上海", "成都", "广州", "西安", "东京"]
+CHINESE_TEMPLATES = ["我想在{LOC}吃{DISH}", "{LOC}的{DISH}很好吃。", "推荐{DISH}！", "明天去{LOC}", "这家店的{DISH}不错"]
+
+
+def chinese_sentence(rng: random.Random) -> tuple[str, list[tuple[int, int, str]]]:
+    """A sentence without spaces and its entity spans (character offsets)."""
+    text, spans = "", []
+    for piece in re.split(r"(\{\w+\})", rng.choice(CHINESE_TEMPLATES)):
+        if piece in ("{LOC}", "{DISH}"):
+            entity = rng.choice(CITIES if piece == "{LOC}" else DISHES)
+            spans.append((len(text), len(text) + len(entity), piece[1:-1]))
+            piece = entity
+        text += piece
+    return text, spans
+
+
+@pytest.mark.slow  # trains a tiny transformer
+def test_entities_inside_chinese_sentences_are_learnt_and_predicted_with_their_exact_offsets(tmp_path):
+    # Chinese is written without spaces: the whole sentence used to be one word, so nothing inside it could be
+    # predicted. Each character is a word now, as in character-level corpora.
+    from backend.predict import Predictor
+    from backend.spans import Span, spans_to_bio
+    from backend.train import TrainingConfig, train_model
+    from tests.conftest import TINY_RECIPE
+    from tests.helpers.tiny_model import build_tiny_model
+
+    rng = random.Random(5)
+    train = [chinese_sentence(rng) for _ in range(200)]
+    base = build_tiny_model(tmp_path / "base", [text for text, _ in train])
+    examples = [spans_to_bio(text, [Span(s, e, label, text[s:e]) for s, e, label in spans]) for text, spans in train]
+    labels = ["O", "B-LOC", "I-LOC", "B-DISH", "I-DISH"]
+    result = train_model(examples, labels, TrainingConfig(base_model=str(base), **TINY_RECIPE), tmp_path / "m")
+    heldout = [chinese_sentence(random.Random(seed)) for seed in range(100, 130)]
+    predictions = Predictor.load(result.model_dir).predict([text for text, _ in heldout])
+    found = [[(s.start, s.end, s.label) for s in p.spans] for p in predictions]
+    exact = sum(spans == gold for (_, gold), spans in zip(heldout, found))
+    assert exact >= 0.8 * len(heldout), list(zip(heldout, found))

@@ -244,7 +244,7 @@ def test_repair_counts_each_ill_formed_tag():
 
 @pytest.mark.parametrize("text, words", [
     ("नमस्ते दिल्ली.", ["नमस्ते", "दिल्ली", "."]),          # Devanagari vowel signs and viramas
-    ("ร้านอาหารไทย", ["ร้านอาหารไทย"]),                       # a Thai tone mark
+    ("ร้านอาหารไทย", ["ร้", "า", "น", "อ", "า", "ห", "า", "ร", "ไ", "ท", "ย"]),  # Thai: a letter and its tone mark
     ("مَطْعَم كبير", ["مَطْعَم", "كبير"]),                      # Arabic harakat
     ("cafe\u0301 cre\u0300me, ok", ["cafe\u0301", "cre\u0300me", ",", "ok"]),  # decomposed (NFD) accents
 ])
@@ -260,3 +260,28 @@ def test_a_combining_mark_never_starts_a_word_right_after_another_character(text
     for word in words:
         if word.start > 0 and not text[word.start - 1].isspace():
             assert not unicodedata.category(word.text[0]).startswith("M")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("我想吃北京烤鸭", ["我", "想", "吃", "北", "京", "烤", "鸭"]),
+    ("東京の寿司屋、3時から", ["東", "京", "の", "寿", "司", "屋", "、", "3", "時", "か", "ら"]),
+    ("iPhone在北京 ok", ["iPhone", "在", "北", "京", "ok"]),
+    ("한국 음식", ["한국", "음식"]),  # Korean is written with spaces: its words stay whole
+])
+def test_each_character_of_a_script_written_without_spaces_is_a_word(text, words):
+    assert [w.text for w in split_words(text)] == words
+
+
+def test_an_entity_inside_a_chinese_sentence_is_labelled_and_comes_back_exactly():
+    # With the whole sentence as one word, the span could neither be predicted nor exported on its own.
+    text = "我想吃北京烤鸭"
+    example = spans_to_bio(text, [Span(3, 7, "Dish", "北京烤鸭")])
+    assert example.tags == ["O", "O", "O", "B-Dish", "I-Dish", "I-Dish", "I-Dish"]
+    assert [(s.start, s.end, s.label) for s in bio_to_spans(text, split_words(text), example.tags)] == [(3, 7, "Dish")]
+
+
+@given(st.lists(st.sampled_from(["北", "京", "の", "ok", "3", "ร", "ก่", ","]), max_size=12))
+def test_character_tokens_of_unspaced_scripts_survive_the_trip_through_text(tokens):
+    text, words = tokens_to_text(tokens)
+    assert [text[w.start:w.end] for w in words] == tokens
+    assert [w.text for w in split_words(text)] == tokens
