@@ -191,7 +191,8 @@ def read_label_studio_json(
     schema = schema if schema is not None else infer_schema(tasks)
     examples = tasks_to_examples(tasks, schema, report)
     if not examples:
-        detail = f" ({report.summary().splitlines()[0]})" if report else ""
+        # The counts, and the first note, which names the task and what was missing (e.g. the data keys it has).
+        detail = f" ({report.summary().splitlines()[0]}; first: {report.notes[0]})" if report.notes else ""
         raise FormatError(f"{path}: no usable annotated task among {len(tasks)}{detail}")
     return examples
 

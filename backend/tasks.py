@@ -63,6 +63,17 @@ def result_labels(value: dict) -> list:
     return [labels] if isinstance(labels, str) else list(labels) if isinstance(labels, (list, tuple)) else []
 
 
+def _whole_number(value: Any) -> int | None:
+    """An offset as an int: ints, and floats without a fraction (6.0, as some tools write them); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def results_to_spans(
     results: Iterable[dict],
     schema: LabelSchema,
@@ -86,15 +97,21 @@ def results_to_spans(
         if not isinstance(result, dict):
             report.add("malformed_result", where, f"result is not an object: {result!r:.60}")
             continue
-        if result.get("from_name") != schema.from_name or str(result.get("type", "")).lower() != LABELS_TYPE:
-            continue
-        if result.get("to_name", schema.to_name) != schema.to_name:
+        kind = str(result.get("type", "")).lower()
+        if not kind.endswith(LABELS_TYPE):
+            continue  # choices, ratings, text areas...: not spans
+        here = f"{where} result {result.get('id', '')}".strip()
+        from_name, to_name = result.get("from_name"), result.get("to_name", schema.to_name)
+        if (kind, from_name, to_name) != (LABELS_TYPE, schema.from_name, schema.to_name):
+            # A span of another control (a renamed <Labels> or <Text>, a second pair, HyperText): counted, so a
+            # task whose entities all sit there is not silently taken for a task without entities.
+            report.add("other_control", here, f"{kind} result of {from_name!r} on {to_name!r} (the label config's "
+                                              f"pair is {schema.from_name!r} on {schema.to_name!r}); left out")
             continue
         value = result.get("value") or {}
         labels = result_labels(value)
-        start, end = value.get("start"), value.get("end")
-        here = f"{where} result {result.get('id', '')}".strip()
-        if not isinstance(start, int) or not isinstance(end, int) or not labels:
+        start, end = (_whole_number(value.get(key)) for key in ("start", "end"))
+        if start is None or end is None or not labels:
             report.add("malformed_result", here, "labels result without integer start/end or without a label; left out")
             continue
         if len(labels) > 1:

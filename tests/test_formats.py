@@ -159,6 +159,14 @@ def test_json_without_any_usable_task_is_an_error(tmp_path):
         read_label_studio_json(_write(tmp_path, "export.json", json.dumps([{"id": 1, "data": {"text": "x"}}])))
 
 
+def test_json_whose_tasks_all_lack_the_text_says_which_keys_they_have(tmp_path):
+    task = {"id": 4, "data": {"review": "cheap thai"}, "annotations": [{"id": 1, "result": []}]}
+    with pytest.raises(FormatError, match=r"no usable annotated task among 1 .*task 4: no text under data.text "
+                                          r"\(has: review\)"):
+        read_label_studio_json(_write(tmp_path, "export.json", json.dumps([task])),
+                               LabelSchema("label", "text", "text", ("Dish",)))
+
+
 @pytest.mark.parametrize("content, expected", [
     ('[{"data": {}}]', "ls-json"),
     ('  \n{"data": {}}', "ls-json"),

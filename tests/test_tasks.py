@@ -56,10 +56,25 @@ def test_task_without_annotations_has_none():
     assert choose_annotation({"annotations": [annotation(1, was_cancelled=True)]}) is None
 
 
-def test_results_of_other_controls_and_types_are_ignored():
+def test_results_of_other_controls_and_types_are_left_out_and_spans_of_other_controls_counted():
+    # A renamed <Labels>/<Text> leaves old annotations under the old names: their tasks must not silently become
+    # tasks without entities. Choices and other non-span results are simply not spans.
+    report = ConversionReport()
     results = [result(6, 10, "thai", "Cuisine"), result(0, 5, "cheap", "Price", from_name="other"),
+               {**result(11, 15, "food", "Dish"), "to_name": "review"},
+               {**result(0, 5, "cheap", "Price"), "type": "hypertextlabels"},
                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["good"]}}]
-    assert results_to_spans(results, SCHEMA) == [Span(6, 10, "Cuisine", "thai")]
+    assert results_to_spans(results, SCHEMA, report, "task 7") == [Span(6, 10, "Cuisine", "thai")]
+    assert report.counts == {"other_control": 3}
+    assert "task 7" in report.summary() and "'other' on 'text'" in report.summary()
+    assert "'label' on 'review'" in report.summary()
+
+
+def test_offsets_written_as_whole_floats_are_read_as_integers():
+    report = ConversionReport()
+    spans = results_to_spans([result(6.0, 10.0, "thai", "Cuisine"), result(0.5, 5, "cheap", "Price")], SCHEMA, report)
+    assert spans == [Span(6, 10, "Cuisine", "thai")] and isinstance(spans[0].start, int)
+    assert report.counts == {"malformed_result": 1}
 
 
 def test_result_with_several_labels_keeps_the_first_and_is_counted():
