@@ -16,15 +16,18 @@ OUTSIDE = "O"
 # run of letters is a whole phrase or sentence, and Thai, Lao, Myanmar and Khmer. Each of their characters is a
 # word of its own (with its combining marks), as in character-level corpora such as MSRA's: an entity inside a
 # run can then be labelled, trained and predicted. BERT-style tokenizers split Han characters apart anyway.
-_CJK = ("\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
-        "\U00020000-\U0003134f")
-_UNSPACED = _CJK + "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+# Full-width digits and Latin letters (１２月) count as such characters too.
+_UNSPACED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+             "\u4e00-\u9fff\uf900-\ufaff\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uff9f"
+             "\U00020000-\U0003134f")
 # A word is a run of word characters, optionally joined by in-word punctuation (joe's, 24/7, a&w, 10-15);
 # every other non-space character is a word of its own. Lowercase corpora such as MIT's split the same
 # way as before (its tokens are all [a-z0-9]), while "pizza," yields "pizza" and ",".
 _WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+(?:['\u2019\-./&][^\W{_UNSPACED}]+)*|[^\w\s]")
 _WORD_START = re.compile(rf"[^\W{_UNSPACED}]")
-_CJK_CHARACTER = re.compile(rf"[{_CJK}]")
+# Tokens are joined without a space between two of these: the scripts above, CJK punctuation (、。「」) and the
+# full-width forms (，（）！).
+_JOINED = re.compile(rf"[{_UNSPACED}\u3000-\u303f\uff01-\uff65]")
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -156,20 +159,20 @@ def split_words(text: str, boundaries: Iterable[int] = ()) -> list[Word]:
 
 
 def tokens_to_text(tokens: Sequence[str]) -> tuple[str, list[Word]]:
-    """Join pre-split tokens with single spaces (none between Chinese or Japanese characters, which are written
-    without); return the text and each token's offsets.
+    """Join pre-split tokens with single spaces (none between characters of scripts written without spaces, such
+    as Chinese, Japanese or Thai, nor their punctuation); return the text and each token's offsets.
 
     >>> tokens_to_text(["cheap", "thai"])
     ('cheap thai', [Word(text='cheap', start=0, end=5), Word(text='thai', start=6, end=10)])
-    >>> tokens_to_text(["在", "北", "京", "3", "天"])[0]
-    '在北京 3 天'
+    >>> tokens_to_text(["在", "北", "京", "，", "3", "天", "。"])[0]
+    '在北京， 3 天。'
     """
     words: list[Word] = []
     parts: list[str] = []
     offset = 0
     for token in tokens:
         if parts:
-            joined = _CJK_CHARACTER.fullmatch(parts[-1][-1:]) and _CJK_CHARACTER.match(token)
+            joined = _JOINED.fullmatch(parts[-1][-1:]) and _JOINED.match(token)
             if not joined:
                 parts.append(" ")
                 offset += 1

@@ -280,8 +280,18 @@ def test_an_entity_inside_a_chinese_sentence_is_labelled_and_comes_back_exactly(
     assert [(s.start, s.end, s.label) for s in bio_to_spans(text, split_words(text), example.tags)] == [(3, 7, "Dish")]
 
 
-@given(st.lists(st.sampled_from(["北", "京", "の", "ok", "3", "ร", "ก่", ","]), max_size=12))
+@given(st.lists(st.sampled_from(["北", "京", "の", "ok", "3", "ร", "ก่", ",", "，", "。", "１", "Ａ"]), max_size=12))
 def test_character_tokens_of_unspaced_scripts_survive_the_trip_through_text(tokens):
     text, words = tokens_to_text(tokens)
     assert [text[w.start:w.end] for w in words] == tokens
     assert [w.text for w in split_words(text)] == tokens
+
+
+@pytest.mark.parametrize("tokens, text", [
+    (list("我在北京，他在上海。"), "我在北京，他在上海。"),                  # MSRA style: one character per line
+    (list("（新华社北京１２月３１日电）"), "（新华社北京１２月３１日电）"),  # full-width brackets and digits
+    (["ร้", "า", "น", "อ", "า", "ห", "า", "ร"], "ร้านอาหาร"),           # Thai
+    (["北京", "is", "big"], "北京 is big"),
+])
+def test_tokens_of_scripts_written_without_spaces_join_without_spaces(tokens, text):
+    assert tokens_to_text(tokens)[0] == text
