@@ -43,6 +43,7 @@ class _Pair:
     to_name: str
     value: str
     labels: tuple[str, ...]
+    value_type: str = "text"
 
 
 def _labels_text_pairs(interface) -> list[_Pair]:
@@ -52,7 +53,8 @@ def _labels_text_pairs(interface) -> list[_Pair]:
             continue
         for obj in control.objects:
             if obj.tag in TEXT_OBJECT_TAGS:
-                pairs.append(_Pair(control.name, obj.name, obj.value or "", tuple(control.labels or ())))
+                value_type = str((getattr(obj, "attr", None) or {}).get("valueType") or "text")
+                pairs.append(_Pair(control.name, obj.name, obj.value or "", tuple(control.labels or ()), value_type))
     return pairs
 
 
@@ -105,7 +107,7 @@ def parse_label_config(xml: str, from_name: str | None = None, to_name: str | No
         raise LabelConfigError(
             f"the label config has several <Labels>/<Text> pairs ({names}); the ML backend handles configs with one "
             "pair only (keep one in the project's config); for a conversion choose one by its Labels name "
-            "(from_name: the exporter's --from-name)" + (" and Text name (to_name)" if len({p.from_name for p in pairs}) == 1 else "")
+            "(from_name: the exporter's --from-name)" + (" and Text name (to_name: --to-name)" if len({p.from_name for p in pairs}) == 1 else "")
         )
 
     pair = pairs[0]
@@ -113,12 +115,18 @@ def parse_label_config(xml: str, from_name: str | None = None, to_name: str | No
         raise LabelConfigError(
             f"<Text name={pair.to_name!r}> has value={pair.value!r}; it must name a task data field like \"$text\""
         )
+    if pair.value_type.lower() != "text":
+        raise LabelConfigError(
+            f"<Text name={pair.to_name!r}> has valueType={pair.value_type!r}: its tasks hold a link that Label Studio "
+            "loads, so the backend would label the link, not the text; put the text itself in the tasks and drop "
+            "valueType (or set it to \"text\")"
+        )
     if not pair.labels:
         raise LabelConfigError(f"<Labels name={pair.from_name!r}> has no <Label value=...> children; add the entity labels")
     return LabelSchema(pair.from_name, pair.to_name, pair.value[1:], pair.labels)
 
 
-def load_label_config(path, from_name: str | None = None) -> LabelSchema:
+def load_label_config(path, from_name: str | None = None, to_name: str | None = None) -> LabelSchema:
     """``parse_label_config`` of an XML file; unreadable files raise ``LabelConfigError`` naming the path."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -126,6 +134,6 @@ def load_label_config(path, from_name: str | None = None) -> LabelSchema:
     except (OSError, UnicodeDecodeError) as error:
         raise LabelConfigError(f"cannot read label config {path}: {error}") from error
     try:
-        return parse_label_config(xml, from_name)
+        return parse_label_config(xml, from_name, to_name)
     except LabelConfigError as error:
         raise LabelConfigError(f"{path}: {error}") from error

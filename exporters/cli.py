@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="from_format", choices=FORMATS, help="input format (default: detected)")
     convert.add_argument("--label-config", metavar="XML", help="Label Studio labelling config file (e.g. label_config/restaurant.xml)")
     convert.add_argument("--from-name", help="the <Labels name=...> to use when the config has several")
+    convert.add_argument("--to-name", help="the <Text name=...> to use when that <Labels> points at several")
     convert.add_argument("--as", dest="as_", choices=("annotations", "predictions"), default="annotations",
                          help="--to tasks: import the tags as annotations (default) or predictions")
     convert.add_argument("--model-version", default=IMPORTED_MODEL_VERSION, help="--as predictions: their model_version")
@@ -102,7 +103,7 @@ def _progress(items: Sequence[T], desc: str) -> Iterable[T]:
 
 
 def _config_schema(args: argparse.Namespace) -> LabelSchema | None:
-    return load_label_config(args.label_config, args.from_name) if args.label_config else None
+    return load_label_config(args.label_config, args.from_name, args.to_name) if args.label_config else None
 
 
 def _read_tasks(tasks: list[dict], schema: LabelSchema, report: ConversionReport) -> Keyed:
@@ -120,7 +121,7 @@ def read_input(args: argparse.Namespace, report: ConversionReport) -> tuple[Keye
     schema = _config_schema(args)
     if args.url:
         project = fetch_project(args.url, args.api_key, args.project)
-        schema = schema or parse_label_config(project.label_config, args.from_name)
+        schema = schema or parse_label_config(project.label_config, args.from_name, args.to_name)
         return _read_tasks(project.tasks, schema, report), schema, f"project {args.project} at {args.url}"
 
     fmt = args.from_format or detect_format(args.input)

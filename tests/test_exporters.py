@@ -152,6 +152,21 @@ def _read_optional(path: Path):
     return read_bio(path) if path.read_text(encoding="utf-8").strip() else []
 
 
+def test_to_name_picks_the_text_when_one_labels_control_points_at_two(tmp_path):
+    config = tmp_path / "two_texts.xml"
+    config.write_text('<View><Labels name="label" toName="title,text"><Label value="Dish"/></Labels>'
+                      '<Text name="title" value="$title"/><Text name="text" value="$text"/></View>', encoding="utf-8")
+    source = tmp_path / "export.json"
+    task = annotated(1, "best pizza in town", span("best pizza in town", "pizza", "Dish"))
+    task["data"]["title"] = "a title"
+    source.write_text(json.dumps([task]), encoding="utf-8")
+    refused = convert(source, "--to", "bio", "-o", tmp_path / "out.bio", "--label-config", config)
+    assert refused.returncode == 1 and "--to-name" in refused.stderr
+    done = convert(source, "--to", "bio", "-o", tmp_path / "out.bio", "--label-config", config, "--to-name", "text")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.bio").read_text(encoding="utf-8") == "O\tbest\nB-Dish\tpizza\nO\tin\nO\ttown\n"
+
+
 def test_bio_imports_as_tasks_with_exact_offsets_and_back(tmp_path):
     source = tmp_path / "in.bio"
     source.write_text("O\ti\nO\twant\nB-Cuisine\tthai\nI-Cuisine\tfood\n\nB-Price\tcheap\nB-Dish\tpizza\n", encoding="utf-8")

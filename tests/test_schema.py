@@ -76,6 +76,14 @@ def test_one_labels_control_on_two_texts_needs_to_name():
     assert parse_label_config(xml, to_name="b").data_key == "body"
 
 
+def test_a_text_loaded_from_a_url_is_refused_saying_why():
+    # The task holds only the link: spans would be placed on the link's characters, not on the text shown.
+    xml = "<View>" + _labels("l", "t", "A") + '<Text name="t" value="$doc" valueType="url"/></View>'
+    with pytest.raises(LabelConfigError, match=r"valueType='url'.*would label the link"):
+        parse_label_config(xml)
+    assert parse_label_config(xml.replace('valueType="url"', 'valueType="text"')).data_key == "doc"
+
+
 @pytest.mark.parametrize("xml", ["", "   ", "<View><Labels name='l' toName='t'>", "not xml at all"])
 def test_malformed_or_empty_xml_is_a_label_config_error(xml):
     with pytest.raises(LabelConfigError):
