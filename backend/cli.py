@@ -90,11 +90,13 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from backend.formats import respace_labels
     from backend.metrics import score_tags
     from backend.predict import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
     examples, _ = _read_examples(args.data, None, args.from_format)
+    examples = respace_labels(examples, predictor.entity_labels)  # "Restaurant_Name" of a CoNLL file
     unknown = sorted({tag[2:] for e in examples for tag in e.tags if tag != "O"} - set(predictor.entity_labels))
     if unknown:
         print(f"warning: labels in the data that the model does not know (they count as missed): {', '.join(unknown)}",

@@ -5,6 +5,7 @@ Every reader returns word-level ``Example``s and counts what it repaired or skip
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -259,14 +260,32 @@ def entity_labels(examples: Iterable[Example]) -> list[str]:
     return list(seen)
 
 
+def respace_labels(examples: Iterable[Example], labels: Iterable[str]) -> list[Example]:
+    """Examples whose labels written with underscores for spaces (``Restaurant_Name``, as CoNLL files must write
+    ``Restaurant Name``, see exporters/writers.py) get back the spelling of ``labels``; other tags are unchanged.
+
+    >>> text, words = tokens_to_text(["joe's"])
+    >>> respace_labels([Example(text, words, ["B-Restaurant_Name"])], ["Restaurant Name"])[0].tags
+    ['B-Restaurant Name']
+    """
+    labels = set(labels)
+    spelled = {re.sub(r"\s+", "_", label): label for label in labels if label != re.sub(r"\s+", "_", label)}
+    spelled = {written: label for written, label in spelled.items() if written not in labels}
+    if not spelled:
+        return list(examples)
+    return [Example(e.text, e.words, [tag[:2] + spelled.get(tag[2:], tag[2:]) if tag != OUTSIDE else tag
+                                      for tag in e.tags], e.source) for e in examples]
+
+
 def restrict_labels(examples: Iterable[Example], labels: Iterable[str], report: ConversionReport) -> list[Example]:
-    """Examples whose tags with a label outside ``labels`` become ``O`` (counted as ``unknown_label``).
+    """Examples whose tags with a label outside ``labels`` become ``O`` (counted as ``unknown_label``), after
+    ``respace_labels``.
 
     For files read against a label config: the config is the one source of truth for the labels.
     """
     known = set(labels)
     kept = []
-    for example in examples:
+    for example in respace_labels(examples, known):
         tags = list(example.tags)
         for i, tag in enumerate(tags):
             if tag != OUTSIDE and tag[2:] not in known:

@@ -167,6 +167,26 @@ def test_to_name_picks_the_text_when_one_labels_control_points_at_two(tmp_path):
     assert (tmp_path / "out.bio").read_text(encoding="utf-8") == "O\tbest\nB-Dish\tpizza\nO\tin\nO\ttown\n"
 
 
+def test_a_label_with_a_space_survives_the_round_trip_through_conll(tmp_path):
+    # CoNLL columns are space-separated, so "Restaurant Name" is written "Restaurant_Name"; read against the same
+    # config it must come back as the config's label, not be dropped as unknown.
+    config = tmp_path / "spaces.xml"
+    config.write_text('<View><Labels name="label" toName="text"><Label value="Restaurant Name"/><Label value="Dish"/>'
+                      '</Labels><Text name="text" value="$text"/></View>', encoding="utf-8")
+    text = "pizza at Joe Shmoe"
+    source = tmp_path / "export.json"
+    source.write_text(json.dumps([annotated(1, text, span(text, "pizza", "Dish"),
+                                            span(text, "Joe Shmoe", "Restaurant Name"))]), encoding="utf-8")
+    conll, back = tmp_path / "out.conll", tmp_path / "back.json"
+    assert convert(source, "--to", "conll2003", "-o", conll, "--label-config", config).returncode == 0
+    assert "B-Restaurant_Name" in conll.read_text(encoding="utf-8")
+    done = convert(conll, "--to", "tasks", "-o", back, "--label-config", config)
+    assert done.returncode == 0 and "unknown label" not in done.stderr, done.stderr
+    [task] = json.loads(back.read_text(encoding="utf-8"))
+    assert [(r["value"]["text"], r["value"]["labels"]) for r in task["annotations"][0]["result"]] == [
+        ("pizza", ["Dish"]), ("Joe Shmoe", ["Restaurant Name"])]
+
+
 def test_bio_imports_as_tasks_with_exact_offsets_and_back(tmp_path):
     source = tmp_path / "in.bio"
     source.write_text("O\ti\nO\twant\nB-Cuisine\tthai\nI-Cuisine\tfood\n\nB-Price\tcheap\nB-Dish\tpizza\n", encoding="utf-8")
