@@ -211,8 +211,10 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
     """A schema guessed from exported tasks when no label config is given.
 
     ``from_name``/``to_name``: the most common pair among ``labels`` results; labels: in first-seen order;
-    data key: ``data_key`` if given, else the task data field named like ``to_name``, else the string field where
-    the spans' ``value.text`` sits at their offsets, else ``text``, else the first string field of the first task.
+    data key: ``data_key`` if given, else the string field where the most spans' ``value.text`` sits at their
+    offsets (the field named like ``to_name`` on a tie), else the field named like ``to_name``, else ``text``, else
+    the first string field of the first task. (A ``<Text name="text" value="$review">`` exports ``to_name`` "text"
+    while the spans sit in ``review``.)
     Without any labels result: ``label``/``text`` and no labels.
     """
     tasks = [t for t in tasks if isinstance(t, dict)]
@@ -239,10 +241,12 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
     if data_key is None:
         data = next((t.get("data") for t in tasks if isinstance(t.get("data"), dict)), {})
         strings = [k for k, v in data.items() if isinstance(v, str)]
-        if to_name in data:
+        hits = _span_hits(tasks, from_name, strings)
+        if hits:
+            best = max(hits.values())
+            data_key = to_name if hits.get(to_name) == best else hits.most_common(1)[0][0]
+        elif to_name in data:
             data_key = to_name
-        elif matching := _fields_matching_spans(tasks, from_name, strings):
-            data_key = matching[0]
         elif "text" in data or not strings:
             data_key = "text"
         else:
@@ -250,8 +254,8 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
     return LabelSchema(str(from_name), str(to_name), data_key, tuple(labels))
 
 
-def _fields_matching_spans(tasks: list[dict], from_name: Any, keys: list[str]) -> list[str]:
-    """Data fields (among ``keys``) where ``from_name``'s spans point at their own ``value.text``, best first.
+def _span_hits(tasks: list[dict], from_name: Any, keys: list[str]) -> Counter:
+    """How many of ``from_name``'s spans point at their own ``value.text`` in each data field among ``keys``.
 
     The text field of a task with several string fields (``title``, ``review``, ...) is the one the spans fit.
     """
@@ -271,4 +275,4 @@ def _fields_matching_spans(tasks: list[dict], from_name: Any, keys: list[str]) -
                     if isinstance(text, str) and isinstance(start, int) and isinstance(end, int) \
                             and text[start:end] == value["text"]:
                         hits[key] += 1
-    return [key for key, _ in hits.most_common()]
+    return hits

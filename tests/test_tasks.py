@@ -184,3 +184,15 @@ def test_inferred_schema_takes_names_and_labels_from_the_results():
 
 def test_inferred_schema_without_any_span_defaults_to_text():
     assert infer_schema([{"data": {"text": "x"}, "annotations": [annotation(1)]}]) == LabelSchema("label", "text", "text", ())
+
+
+def test_inferred_data_key_is_the_field_the_spans_fit_even_when_another_is_named_like_the_text_tag():
+    # <Text name="text" value="$full">: results say to_name "text", yet the annotated text is data.full.
+    def task(summary, full, start, end):
+        return {"data": {"text": summary, "full": full}, "annotations": [annotation(1, result(start, end, full[start:end], "Dish"))]}
+
+    tasks = [task("thai place near the airport", "cheap pizza near the airport", 6, 11),
+             task("a summary", "sushi", 0, 5)]
+    assert infer_schema(tasks).data_key == "full"
+    # where the spans fit both fields equally, the field named like the Text tag wins
+    assert infer_schema([task("sushi", "sushi", 0, 5)]).data_key == "text"
