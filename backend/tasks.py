@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from backend.schema import LabelSchema
+from backend.schema import LabelConfigError, LabelSchema
 from backend.spans import ConversionReport, Example, Span, bio_to_spans, spans_to_bio
 
 LABELS_TYPE = "labels"
@@ -219,14 +219,24 @@ def infer_schema(tasks: Iterable[dict], data_key: str | None = None) -> LabelSch
     """
     tasks = [t for t in tasks if isinstance(t, dict)]
     pairs: Counter = Counter()
+    other_spans: Counter = Counter()
     labels: dict[str, None] = {}
     for task in tasks:
         for annotation in task.get("annotations") or []:
             if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
                 continue
             for result in annotation.get("result") or []:
-                if isinstance(result, dict) and str(result.get("type", "")).lower() == LABELS_TYPE:
+                kind = str(result.get("type", "")).lower() if isinstance(result, dict) else ""
+                if kind == LABELS_TYPE:
                     pairs[(result.get("from_name"), result.get("to_name"))] += 1
+                elif kind.endswith(LABELS_TYPE):
+                    other_spans[kind] += 1
+    if other_spans and not pairs:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in other_spans.most_common())
+        raise LabelConfigError(
+            f"the export's spans are {kinds} results (HyperText, Paragraphs or other non-<Text> objects, whose "
+            "offsets are not character offsets of a plain text); only <Labels> on a <Text> object is supported"
+        )
     from_name, to_name = pairs.most_common(1)[0][0] if pairs else ("label", "text")
     for task in tasks:
         for annotation in task.get("annotations") or []:

@@ -1,7 +1,9 @@
 """Specification of backend/tasks.py: which annotation of a Label Studio task counts, and results <-> spans."""
 from __future__ import annotations
 
-from backend.schema import LabelSchema
+import pytest
+
+from backend.schema import LabelConfigError, LabelSchema
 from backend.spans import ConversionReport, Span, spans_to_bio, tokens_to_text, Example
 from backend.tasks import (
     choose_annotation,
@@ -196,3 +198,12 @@ def test_inferred_data_key_is_the_field_the_spans_fit_even_when_another_is_named
     assert infer_schema(tasks).data_key == "full"
     # where the spans fit both fields equally, the field named like the Text tag wins
     assert infer_schema([task("sushi", "sushi", 0, 5)]).data_key == "text"
+
+
+def test_an_export_whose_spans_are_all_hypertext_spans_is_refused_saying_so():
+    tasks = [{"data": {"html": "<p>Barack Obama visited <b>Paris</b></p>"}, "annotations": [annotation(1, {
+        "from_name": "ner", "to_name": "html", "type": "hypertextlabels",
+        "value": {"start": "/p[1]/text()[1]", "end": "/p[1]/text()[1]", "startOffset": 0, "endOffset": 12,
+                  "text": "Barack Obama", "hypertextlabels": ["PER"]}})]}]
+    with pytest.raises(LabelConfigError, match="1 hypertextlabels results .*only <Labels> on a <Text>"):
+        infer_schema(tasks)
