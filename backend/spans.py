@@ -50,15 +50,31 @@ def _is_mark(character: str) -> bool:
     return unicodedata.category(character).startswith("M")
 
 
+_ZWJ = "\u200d"
+_EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)  # skin tones
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)  # two of them make a flag
+
+
+def _continues(text: str, previous: tuple[int, int], start: int) -> bool:
+    """Whether the match at ``start``, right after the word ``previous``, belongs to that word: a combining mark
+    and the letters after one; the parts of an emoji sequence (joined by U+200D, a skin tone, the second half of
+    a flag)."""
+    character, before = text[start], text[start - 1]
+    if _is_mark(character) or (_is_mark(before) and _WORD_START.match(text, start)):
+        return True
+    if character == _ZWJ or before == _ZWJ or ord(character) in _EMOJI_MODIFIERS:
+        return True
+    return (previous[1] - previous[0] == 1 and ord(before) in _REGIONAL_INDICATORS
+            and ord(character) in _REGIONAL_INDICATORS)
+
+
 def _word_offsets(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every word: ``_WORD``'s matches, with a combining mark and the letters after it joined to
-    the word it follows ("nam" + virama + "ste" is one word, as is "cafe" + U+0301)."""
+    """(start, end) of every word: ``_WORD``'s matches, with what continues a word joined to it (see
+    ``_continues``): "nam" + virama + "ste" is one word, as are "cafe" + U+0301 and a family emoji."""
     offsets: list[tuple[int, int]] = []
     for match in _WORD.finditer(text):
         start, end = match.span()
-        if offsets and offsets[-1][1] == start and (
-            _is_mark(text[start]) or (_is_mark(text[start - 1]) and _WORD_START.match(text, start))
-        ):
+        if offsets and offsets[-1][1] == start and _continues(text, offsets[-1], start):
             offsets[-1] = (offsets[-1][0], end)
         else:
             offsets.append((start, end))

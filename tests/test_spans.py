@@ -295,3 +295,13 @@ def test_character_tokens_of_unspaced_scripts_survive_the_trip_through_text(toke
 ])
 def test_tokens_of_scripts_written_without_spaces_join_without_spaces(tokens, text):
     assert tokens_to_text(tokens)[0] == text
+
+
+@pytest.mark.parametrize("text, words", [
+    ("👨\u200d👩\u200d👧 pizza", ["👨\u200d👩\u200d👧", "pizza"]),  # a family: three emoji joined by U+200D
+    ("pizza 🇮🇹🇫🇷!", ["pizza", "🇮🇹", "🇫🇷", "!"]),            # flags: regional indicators in pairs
+    ("👍🏽 ok", ["👍🏽", "ok"]),                                  # a skin tone
+])
+def test_an_emoji_sequence_is_one_word(text, words):
+    # Cut apart, a span could cover half of what the annotator sees as one symbol.
+    assert [w.text for w in split_words(text)] == words
