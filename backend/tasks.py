@@ -168,8 +168,11 @@ def task_to_example(
     data = task.get("data")
     text = data.get(schema.data_key) if isinstance(data, dict) else None
     if not isinstance(text, str):
-        keys = ", ".join(sorted(data)) if isinstance(data, dict) else "no data object"
-        report.add("missing_text", where, f"no text under data.{schema.data_key} (has: {keys}); left out")
+        if isinstance(data, dict):
+            found = f"has: {', '.join(sorted(data))}" if data else "has no fields"
+        else:  # JSON-MIN and CSV exports put the fields at the top level and keep no annotation records
+            found = "the task has no data object: export the project as JSON, not JSON-MIN or CSV"
+        report.add("missing_text", where, f"no text under data.{schema.data_key} ({found}); left out")
         return None
     if not text.strip():
         report.add("empty_text", where, "empty text; left out")

@@ -136,7 +136,15 @@ def test_task_missing_the_text_key_is_counted_with_its_id():
     report = ConversionReport()
     assert task_to_example({"id": 33, "data": {"review": "x"}, "annotations": [annotation(1)]}, SCHEMA, report) is None
     assert report.counts == {"missing_text": 1}
-    assert "task 33" in report.summary() and "data.text" in report.summary()
+    assert "task 33" in report.summary() and "data.text (has: review)" in report.summary()
+
+
+def test_a_json_min_task_is_counted_with_a_hint_to_export_json():
+    # JSON-MIN puts the data fields at the top level, with the spans of each control under its name.
+    report = ConversionReport()
+    flat = {"id": 5, "text": "cheap thai", "label": [{"start": 0, "end": 5, "text": "cheap", "labels": ["Price"]}]}
+    assert task_to_example(flat, SCHEMA, report) is None
+    assert "export the project as JSON, not JSON-MIN" in report.summary()
 
 
 def test_task_without_counting_annotation_or_text_is_counted():
