@@ -176,7 +176,7 @@ class JobQueue:
         with self._lock:
             job = self._jobs.get(project)
             if job is None:
-                return JobStatus(project)
+                return self._status_before_start(project)
             status = JobStatus(**{k: v for k, v in vars(job.status).items()})
         if status.running:
             data = read_json(self._status_path(project))
@@ -186,8 +186,28 @@ class JobQueue:
         return status
 
     def projects(self) -> list[str]:
+        """Projects with a run since this queue started, or a run record from before (a restarted server)."""
         with self._lock:
-            return sorted(self._jobs)
+            known = set(self._jobs)
+        if self.status_dir.is_dir():
+            known |= {path.stem for path in self.status_dir.glob("*.json")}
+        return sorted(known)
+
+    def _status_before_start(self, project: str) -> JobStatus:
+        """The last run recorded in the status folder by an earlier server process, if any (no runs counted)."""
+        data = read_json(self._status_path(project))
+        if not isinstance(data, dict) or data.get("state") not in ("succeeded", "failed", "running"):
+            return JobStatus(project)
+        fields = JobProgress.__dataclass_fields__
+        progress = data.get("progress") if isinstance(data.get("progress"), dict) else {}
+        status = JobStatus(project, progress=JobProgress(**{k: v for k, v in progress.items() if k in fields}),
+                           last_started_at=data.get("started_at"), last_finished_at=data.get("finished_at"),
+                           last_error=data.get("error"), last_result=data.get("result"))
+        if data["state"] == "running":  # the server stopped while this run was going
+            status.last_error = "interrupted: the server stopped during this run"
+        if status.last_error:
+            status.progress.stage = "failed"
+        return status
 
     def wait_idle(self, project: str, timeout: float | None = None) -> bool:
         """Block until ``project`` has no running or scheduled run (for tests and shutdown); False on timeout."""
@@ -272,6 +292,13 @@ class JobQueue:
                                                      if k in JobProgress.__dataclass_fields__})
             if error and job.status.progress is not None:
                 job.status.progress.stage = "failed"  # not the stage it was in when it failed (see last_error)
+            record = {"state": "failed" if error else "succeeded", "error": error, "result": result,
+                      "progress": asdict(job.status.progress) if job.status.progress else None,
+                      "started_at": job.status.last_started_at, "finished_at": job.status.last_finished_at}
+        try:  # the run's record, complete (a killed child wrote no error), for /status after a restart
+            write_json_atomically(path, record)
+        except OSError as failure:
+            log.warning("could not record the end of the training run of project %s: %s", project, failure)
 
 
 def _exit_message(exitcode: int | None, closing: bool) -> str:

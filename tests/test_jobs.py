@@ -124,6 +124,35 @@ def test_a_failed_run_reports_its_error(tmp_path, queue_of):
     assert status.progress.stage == "failed"
 
 
+def test_a_restarted_queue_shows_the_last_run_of_each_project(tmp_path, queue_of):
+    # A server restart (a new container) must not forget why the last training failed, or what it gave.
+    first = queue_of(failing_run)
+    first.trigger("7")
+    assert first.wait_idle("7", WAIT_S)
+    succeeding = queue_of(recorded_run)
+    (tmp_path / "release").touch()
+    succeeding.trigger("8", _payload(tmp_path, "kept"))
+    assert succeeding.wait_idle("8", WAIT_S)
+    first.shutdown()
+    succeeding.shutdown()
+
+    restarted = queue_of(recorded_run)
+    assert restarted.projects() == ["7", "8"]
+    failed, succeeded = restarted.status("7"), restarted.status("8")
+    assert failed.last_error == "ValueError: project 7 has no annotated tasks" and failed.progress.stage == "failed"
+    assert failed.last_finished_at and not failed.running and failed.runs_started == 0
+    assert succeeded.last_error is None and succeeded.last_result == {"tag": "kept"}
+    assert succeeded.progress.stage == "done"
+
+
+def test_a_run_that_the_server_stopped_is_shown_as_interrupted_after_a_restart(tmp_path, queue_of):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "4.json").write_text('{"state": "running", "progress": {"stage": "training", "step": 5}}')
+    status = queue_of(recorded_run).status("4")
+    assert status.last_error == "interrupted: the server stopped during this run" and not status.running
+    assert (status.progress.stage, status.progress.step) == ("failed", 5)
+
+
 def test_an_unusable_status_folder_is_reported_and_the_project_does_not_stay_training(tmp_path):
     in_the_way = tmp_path / "a-file"
     in_the_way.write_text("")
