@@ -168,7 +168,9 @@ def task_to_example(
     data = task.get("data")
     text = data.get(schema.data_key) if isinstance(data, dict) else None
     if not isinstance(text, str):
-        if isinstance(data, dict):
+        if isinstance(data, dict) and schema.data_key in data:
+            found = f"it is {type(text).__name__ if text is not None else 'null'}, not a string"
+        elif isinstance(data, dict):
             found = f"has: {', '.join(sorted(data))}" if data else "has no fields"
         else:  # JSON-MIN and CSV exports put the fields at the top level and keep no annotation records
             found = "the task has no data object: export the project as JSON, not JSON-MIN or CSV"

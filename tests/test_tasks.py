@@ -139,6 +139,15 @@ def test_task_missing_the_text_key_is_counted_with_its_id():
     assert "task 33" in report.summary() and "data.text (has: review)" in report.summary()
 
 
+def test_a_text_that_is_not_a_string_is_counted_saying_what_it_is():
+    report = ConversionReport()
+    for task_id, value in ((1, None), (2, ["cheap", "thai"])):
+        assert task_to_example({"id": task_id, "data": {"text": value}, "annotations": [annotation(1)]}, SCHEMA,
+                               report) is None
+    assert "task 1: no text under data.text (it is null, not a string)" in report.summary()
+    assert "task 2: no text under data.text (it is list, not a string)" in report.summary()
+
+
 def test_a_json_min_task_is_counted_with_a_hint_to_export_json():
     # JSON-MIN puts the data fields at the top level, with the spans of each control under its name.
     report = ConversionReport()
