@@ -10,7 +10,7 @@ import sys
 from backend.decoding import DECODINGS
 from backend.device import TRAINING_PRECISIONS
 from backend.formats import FORMATS
-from backend.spans import replace_lone_surrogates
+from backend.spans import has_entities, replace_lone_surrogates
 
 
 def _positive(value: str) -> int:
@@ -53,7 +53,7 @@ def _train_command(args: argparse.Namespace) -> int:
     from backend.train import TrainingConfig, train_model
 
     examples, bio = _read_examples(args.data, args.label_config, args.from_format)
-    if not any(tag != "O" for example in examples for tag in example.tags):
+    if not has_entities(examples):
         raise ValueError(
             f"no entity in the training data ({len(examples)} examples, every word tagged O): a model trained on it "
             "could only predict O; check that --data holds annotations and that the labels (and <Labels name>) of "
@@ -90,14 +90,14 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.formats import respace_labels
+    from backend.formats import entity_labels, respace_labels
     from backend.metrics import score_tags
     from backend.predict import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
     examples, _ = _read_examples(args.data, None, args.from_format)
     examples = respace_labels(examples, predictor.entity_labels)  # "Restaurant_Name" of a CoNLL file
-    unknown = sorted({tag[2:] for e in examples for tag in e.tags if tag != "O"} - set(predictor.entity_labels))
+    unknown = sorted(set(entity_labels(examples)) - set(predictor.entity_labels))
     if unknown:
         print(f"warning: labels in the data that the model does not know (they count as missed): {', '.join(unknown)}",
               file=sys.stderr)

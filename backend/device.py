@@ -14,9 +14,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: settings and the CLI re
 
 # int8: dynamic int8 linear layers, CPU inference only. bf32: fp32 tensors whose matrix multiplies run on the CPU's
 # bf16 units (oneDNN's "fpmath" mode), CPU training only.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "bf32")
 TRAINING_PRECISIONS = ("auto", "fp32", "bf32", "bf16", "fp16")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = tuple(dict.fromkeys(TRAINING_PRECISIONS + INFERENCE_PRECISIONS))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from backend.tasks import infer_schema, task_name, task_to_example
 FORMATS = ("bio", "conll2003", "ls-json")
 DOCSTART = "-DOCSTART-"
 _SNIFF_CHARS = 65536
+_SPACES = re.compile(r"\s+")
 
 
 class FormatError(ValueError):
@@ -260,16 +261,25 @@ def entity_labels(examples: Iterable[Example]) -> list[str]:
     return list(seen)
 
 
+def conll_spelling(label: str) -> str:
+    """How a label (or tag) is written in a CoNLL file, whose columns are space-separated: spaces become ``_``.
+
+    >>> conll_spelling("B-Restaurant Name")
+    'B-Restaurant_Name'
+    """
+    return _SPACES.sub("_", label)
+
+
 def respace_labels(examples: Iterable[Example], labels: Iterable[str]) -> list[Example]:
-    """Examples whose labels written with underscores for spaces (``Restaurant_Name``, as CoNLL files must write
-    ``Restaurant Name``, see exporters/writers.py) get back the spelling of ``labels``; other tags are unchanged.
+    """Examples whose labels are written as in CoNLL (``Restaurant_Name`` for ``Restaurant Name``, see
+    ``conll_spelling``) get back the spelling of ``labels``; other tags are unchanged.
 
     >>> text, words = tokens_to_text(["joe's"])
     >>> respace_labels([Example(text, words, ["B-Restaurant_Name"])], ["Restaurant Name"])[0].tags
     ['B-Restaurant Name']
     """
     labels = set(labels)
-    spelled = {re.sub(r"\s+", "_", label): label for label in labels if label != re.sub(r"\s+", "_", label)}
+    spelled = {conll_spelling(label): label for label in labels}
     spelled = {written: label for written, label in spelled.items() if written not in labels}
     if not spelled:
         return list(examples)

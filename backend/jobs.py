@@ -179,10 +179,7 @@ class JobQueue:
                 return self._status_before_start(project)
             status = JobStatus(**{k: v for k, v in vars(job.status).items()})
         if status.running:
-            data = read_json(self._status_path(project))
-            if isinstance(data, dict) and isinstance(data.get("progress"), dict):
-                status.progress = JobProgress(**{k: v for k, v in data["progress"].items()
-                                                 if k in JobProgress.__dataclass_fields__})
+            status.progress = _recorded_progress(read_json(self._status_path(project))) or status.progress
         return status
 
     def projects(self) -> list[str]:
@@ -198,9 +195,7 @@ class JobQueue:
         data = read_json(self._status_path(project))
         if not isinstance(data, dict) or data.get("state") not in ("succeeded", "failed", "running"):
             return JobStatus(project)
-        fields = JobProgress.__dataclass_fields__
-        progress = data.get("progress") if isinstance(data.get("progress"), dict) else {}
-        status = JobStatus(project, progress=JobProgress(**{k: v for k, v in progress.items() if k in fields}),
+        status = JobStatus(project, progress=_recorded_progress(data) or JobProgress(),
                            last_started_at=data.get("started_at"), last_finished_at=data.get("finished_at"),
                            last_error=data.get("error"), last_result=data.get("result"))
         if data["state"] == "running":  # the server stopped while this run was going
@@ -286,10 +281,7 @@ class JobQueue:
             job.status.last_finished_at = utc_now()
             job.status.last_error = error
             job.status.last_result = result if error is None else job.status.last_result
-            final = read_json(path)
-            if isinstance(final, dict) and isinstance(final.get("progress"), dict):
-                job.status.progress = JobProgress(**{k: v for k, v in final["progress"].items()
-                                                     if k in JobProgress.__dataclass_fields__})
+            job.status.progress = _recorded_progress(read_json(path)) or job.status.progress
             if error and job.status.progress is not None:
                 job.status.progress.stage = "failed"  # not the stage it was in when it failed (see last_error)
             record = {"state": "failed" if error else "succeeded", "error": error, "result": result,
@@ -299,6 +291,14 @@ class JobQueue:
             write_json_atomically(path, record)
         except OSError as failure:
             log.warning("could not record the end of the training run of project %s: %s", project, failure)
+
+
+def _recorded_progress(data: Any) -> JobProgress | None:
+    """The ``progress`` of a status file's content, if it has one (unknown keys are ignored)."""
+    progress = data.get("progress") if isinstance(data, dict) else None
+    if not isinstance(progress, dict):
+        return None
+    return JobProgress(**{k: v for k, v in progress.items() if k in JobProgress.__dataclass_fields__})
 
 
 def _exit_message(exitcode: int | None, closing: bool) -> str:

@@ -560,10 +560,8 @@ def train_project(
             previous_version=previous[0] if previous else None,
             previous_scores=previous_scores,
         )
-        manifest.promoted, manifest.decision = _decide(settings, manifest)
         current = store.current(project)
-        if previous is None and current is not None:
-            manifest.decision = f"promoted: {current} does not fit the label config any more, so it cannot serve"
+        manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
         version = store.commit(project, temporary, manifest)
         committed = True
         if manifest.promoted:
@@ -582,7 +580,11 @@ def train_project(
             "decision": manifest.decision}
 
 
-def _decide(settings: Settings, manifest: Manifest) -> tuple[bool, str]:
+def _decide(settings: Settings, manifest: Manifest, unfit_current: str | None = None) -> tuple[bool, str]:
+    """Whether the new version is promoted, and why. ``unfit_current``: the serving version when it no longer fits
+    the label config (it cannot serve, so it holds nothing back)."""
+    if unfit_current is not None:
+        return True, f"promoted: {unfit_current} does not fit the label config any more, so it cannot serve"
     if not settings.promote_if_not_worse:
         return True, "promoted (PROMOTE_IF_NOT_WORSE is off)"
     if manifest.previous_version is None:

@@ -21,7 +21,7 @@ from backend.formats import (
     restrict_labels,
 )
 from backend.schema import LabelConfigError, LabelSchema, load_label_config, parse_label_config
-from backend.spans import ConversionReport, Example
+from backend.spans import ConversionReport, Example, has_entities
 from backend.splits import DEFAULT_SPLIT, parse_fractions, split_keyed
 from backend.tasks import IMPORTED_MODEL_VERSION, example_to_task, infer_schema
 from exporters import writers
@@ -108,7 +108,7 @@ def _config_schema(args: argparse.Namespace) -> LabelSchema | None:
 
 def _read_tasks(tasks: list[dict], schema: LabelSchema, report: ConversionReport) -> Keyed:
     keyed = keyed_tasks_to_examples(_progress(tasks, "tasks"), schema, report)
-    if keyed and not any(tag != "O" for _, example in keyed for tag in example.tags):
+    if keyed and not has_entities(example for _, example in keyed):
         seen = infer_schema(tasks)
         if seen.labels and seen.from_name != schema.from_name:
             print(f"warning: no span of <Labels name={schema.from_name!r}> found, but spans of {seen.from_name!r}; "

@@ -4,21 +4,20 @@ and Label Studio tasks JSON.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from backend.spans import OUTSIDE, ConversionReport, Example, replace_lone_surrogates
+from backend.formats import conll_spelling
+from backend.spans import ConversionReport, Example, replace_lone_surrogates
 
 CONLL_DOCSTART = "-DOCSTART- -X- O"
-_SPACE = re.compile(r"\s+")
 
 
 def _conll_tag(tag: str, report: ConversionReport | None, where: str) -> str:
     # A label with a space ("Restaurant Name") would add a column; underscores keep the 4-column layout.
-    if tag == OUTSIDE or not _SPACE.search(tag):
+    fixed = conll_spelling(tag)
+    if fixed == tag:
         return tag
-    fixed = _SPACE.sub("_", tag)
     if report is not None:
         report.add("label_renamed", where, f"{tag!r} written as {fixed!r} (CoNLL columns are space-separated)")
     return fixed
