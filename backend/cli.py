@@ -7,42 +7,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.decoding import DECODINGS
-from backend.device import TRAINING_PRECISIONS
-from backend.formats import FORMATS
-from backend.spans import has_entities, replace_lone_surrogates
+from backend.data.formats import FORMATS
+from backend.data.spans import has_entities, replace_lone_surrogates
+from backend.model.config import add_arguments
+from backend.model.decoding import DECODINGS
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a whole number >= 1")
-    return number
-
-
-# --- model commands: train / evaluate / predict (handlers call backend.train / backend.predict) ---
+# --- model commands: train / evaluate / predict (handlers call backend.model.train / backend.model.predict) ---
 def _read_examples(paths: list[str], label_config: str | None, fmt: str | None = None):
-    """Examples from every --data file (in ``fmt``, else detected) and the BIO label list: the config's, else the
-    data's."""
-    from backend.formats import entity_labels, load_examples, restrict_labels
-    from backend.spans import ConversionReport
+    """Examples from every --data file and their label schema (the config's, else the data's labels)."""
+    from backend.data.formats import read_examples
+    from backend.data.spans import ConversionReport
 
     schema = None
     if label_config:
-        from backend.schema import load_label_config
+        from backend.data.schema import load_label_config
 
         schema = load_label_config(label_config)
-    report, examples = ConversionReport(), []
-    for path in paths:
-        examples.extend(load_examples(path, fmt, schema=schema, report=report))
-    if schema is not None:
-        examples = restrict_labels(examples, schema.labels, report)
-        bio = list(schema.bio_labels)
-    else:
-        bio = ["O"] + [f"{p}-{label}" for label in entity_labels(examples) for p in ("B", "I")]
+    report = ConversionReport()
+    examples, schema = read_examples(paths, fmt, schema, report)
     if report:
         print(f"read {len(examples)} examples; {report.summary()}", file=sys.stderr)
-    return examples, bio
+    return examples, schema
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -50,23 +36,22 @@ def _train_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.train import TrainingConfig, train_model
+    from backend.model.config import from_arguments
+    from backend.model.train import train_model
 
-    examples, bio = _read_examples(args.data, args.label_config, args.from_format)
+    config = from_arguments(args)
+    examples, schema = _read_examples(args.data, args.label_config, args.from_format)
     if not has_entities(examples):
         raise ValueError(
             f"no entity in the training data ({len(examples)} examples, every word tagged O): a model trained on it "
             "could only predict O; check that --data holds annotations and that the labels (and <Labels name>) of "
             "--label-config are those of the data")
-    base = Path(args.base_model).expanduser()
-    if args.base_model.startswith(("/", "./", "../", "~")) and not base.is_dir():
-        raise FileNotFoundError(f"--base-model {args.base_model}: no such folder")
+    base = Path(config.base_model).expanduser()
+    if config.base_model.startswith(("/", "./", "../", "~")) and not base.is_dir():
+        raise FileNotFoundError(f"--base-model {config.base_model}: no such folder")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {args.out}: a file is in the way (the trained version is a folder)")
-    options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "max_length", "threads",
-                                               "device", "precision", "validation_fraction", "frozen_layers") if getattr(args, k) is not None}
-    config = TrainingConfig(base_model=args.base_model, freeze_embeddings=not args.train_embeddings, **options)
     bar = tqdm(total=None, unit="step", file=sys.stderr, desc="training")
 
     def show(progress) -> None:
@@ -74,14 +59,13 @@ def _train_command(args: argparse.Namespace) -> int:
         bar.set_postfix(epoch=progress.epoch, refresh=False)
         bar.update(progress.step - bar.n)
 
-    result = train_model(examples, bio, config, out, progress=show)
+    result = train_model(examples, schema.bio_labels, config, out, progress=show)
     bar.close()
-    metrics = result.metrics
-    overall = metrics.get("overall")
-    scored = (f"validation F1 {overall['f1']:.4f} on {metrics['validation_size']} examples" if overall
-              else f"scored on {metrics['scored_on']}")
-    print(f"saved {result.model_dir}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, {scored}, "
-          f"{metrics['train_time_s']:.0f} s, {metrics['samples_per_s']:.1f} samples/s")
+    scores = result.selection_scores
+    scored = (f"validation F1 {scores.overall.f1:.4f} on {result.validation_size} examples" if scores
+              else f"scored on {result.scored_on}")
+    print(f"saved {result.model_dir}: best epoch {result.best_epoch} of {result.epochs_run}, {scored}, "
+          f"{result.train_time_s:.0f} s, {result.samples_per_s:.1f} samples/s")
     return 0
 
 
@@ -90,22 +74,20 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from backend.formats import entity_labels, respace_labels
-    from backend.metrics import score_tags
-    from backend.predict import Predictor
+    from backend.data.formats import respace_labels
+    from backend.data.spans import example_entity_types
+    from backend.model.predict import Predictor
+    from backend.model.train import evaluate_model
 
     predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
     examples, _ = _read_examples(args.data, None, args.from_format)
     examples = respace_labels(examples, predictor.entity_labels)  # "Restaurant_Name" of a CoNLL file
-    unknown = sorted(set(entity_labels(examples)) - set(predictor.entity_labels))
+    unknown = sorted(set(example_entity_types(examples)) - set(predictor.entity_labels))
     if unknown:
         print(f"warning: labels in the data that the model does not know (they count as missed): {', '.join(unknown)}",
               file=sys.stderr)
-    predicted: list[list[str]] = []
-    chunk = 256
-    for at in tqdm(range(0, len(examples), chunk), unit="chunk", file=sys.stderr, desc="evaluating"):
-        predicted.extend(predictor.predict_tags([e.tokens for e in examples[at:at + chunk]]))
-    scores = score_tags([e.tags for e in examples], predicted)
+    with tqdm(total=len(examples), unit="text", file=sys.stderr, desc="evaluating") as bar:
+        scores = evaluate_model(predictor, examples, chunk=256, progress=lambda done, _: bar.update(done - bar.n))
     print(json.dumps(scores.to_dict()) if args.json else scores.table())
     return 0
 
@@ -114,7 +96,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from backend.predict import Predictor
+    from backend.model.predict import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, threads=args.threads, decoding=args.decoding)
 
@@ -149,26 +131,13 @@ def add_model_commands(commands) -> None:
     train.add_argument("--data", action="append", required=True, metavar="FILE",
                        help="training file (repeatable); format detected: BIO, CoNLL 2003 or Label Studio JSON export")
     train.add_argument("--from", dest="from_format", choices=FORMATS, help="format of every --data file (default: detected)")
-    train.add_argument("--base-model", default="distilbert-base-uncased",
-                       help="hub id or local folder to start from (default: distilbert-base-uncased)")
     train.add_argument("--out", required=True, metavar="DIR", help="folder for the trained version")
     train.add_argument("--label-config", metavar="XML",
                        help="Label Studio label config: its labels (in its order) become the model's; default: labels seen in the data")
-    train.add_argument("--epochs", type=_positive, help="default: 5, more on small data (at least 300 optimizer steps)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
-    train.add_argument("--batch-size", type=_positive, help="sentences per optimizer step (default 32; 16 below 2000 sentences)")
-    train.add_argument("--seed", type=int, help="random seed (default 42)")
-    train.add_argument("--max-length", type=int, help="subwords per window; longer texts are split (default 128)")
-    train.add_argument("--validation-fraction", type=float, help="share held out to pick the best epoch (default 0.1)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
-    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    train.add_argument("--precision", choices=TRAINING_PRECISIONS,
-                       help="default auto: bf16 autocast on CUDA, bf32 (fp32 with bf16 matrix multiplies) on CPUs with "
-                            "AMX / AVX-512 BF16, else fp32")
-    train.add_argument("--frozen-layers", type=int, metavar="N",
-                       help="keep the lowest N transformer layers fixed: faster, usually a little less accurate (default 0)")
-    train.add_argument("--train-embeddings", action="store_true",
-                       help="also update the embedding block (frozen by default: faster, same F1; needed for randomly initialised models)")
+    add_arguments(train)  # one flag per TrainingConfig knob
+    train.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
+                       help="same as --no-freeze-embeddings")
+    train.add_argument("--validation-fraction", dest="carve_fraction", type=float, help=argparse.SUPPRESS)  # old name
     train.set_defaults(handler=_train_command)
 
     evaluate = commands.add_parser("evaluate", help="score a saved model on annotated files (word-level seqeval)")
@@ -201,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: PORT, else 9090)")
 
     def run_server(args: argparse.Namespace) -> int:
-        from backend.server import serve_command  # imported on use: gunicorn is not needed by the other commands
+        from backend.serving.server import serve_command  # imported on use: gunicorn is not needed by the other commands
 
         return serve_command(args)
 

@@ -15,6 +15,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,7 +35,7 @@ def tutorial_side(args: argparse.Namespace) -> dict:
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainingArguments)
 
-    from backend.metrics import score_tags
+    from backend.model.metrics import score_tags
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # makes the bench repeatable; the tutorial itself seeds only inside Trainer
@@ -80,7 +81,7 @@ def tutorial_side(args: argparse.Namespace) -> dict:
             predicted.append(tags)
     gold = [e.tags for e in valid]
     scores = score_tags(gold, predicted)  # per-entity figures; the overall ones must agree with seqeval's own
-    assert abs(scores.overall.f1 - f1_score(gold, predicted)) < 1e-9, "backend.metrics disagrees with seqeval"
+    assert abs(scores.overall.f1 - f1_score(gold, predicted)) < 1e-9, "backend.model.metrics disagrees with seqeval"
     assert abs(scores.overall.precision - precision_score(gold, predicted)) < 1e-9
     assert abs(scores.overall.recall - recall_score(gold, predicted)) < 1e-9
     return _result(scores, train_s, len(train) * args.tutorial_epochs, len(train), len(valid), {
@@ -88,11 +89,12 @@ def tutorial_side(args: argparse.Namespace) -> dict:
 
 
 def ours_side(args: argparse.Namespace) -> dict:
-    """This project's default recipe through backend.train.train_model, scored with backend.predict."""
+    """This project's default recipe through backend.model.train.train_model, scored with backend.model.predict."""
     import torch
 
-    from backend.predict import Predictor
-    from backend.train import TrainingConfig, evaluate_model, train_model
+    from backend.model.predict import Predictor
+    from backend.model.config import TrainingConfig
+    from backend.model.train import evaluate_model, train_model
 
     if args.emulate_bf32:
         import bf32_emulation
@@ -112,15 +114,15 @@ def ours_side(args: argparse.Namespace) -> dict:
         result = train_model(train, BIO_LABELS, config, out)
         predictor = Predictor.load(out, threads=args.threads)
         scores = evaluate_model(predictor, valid)
-    m = result.metrics
-    processed = round(m["samples_per_s"] * m["train_time_s"])
-    return _result(scores, m["train_time_s"], processed, m["train_size"], len(valid), {
-        "validation_size_carved": m["validation_size"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
-        "carved_f1_by_epoch": [round(r["f1"], 4) for r in m["history"] if "f1" in r],
-        "optimizer_steps": m["optimizer_steps"], "batch_size": m["batch_size"],
-        "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else m["precision"],
+    r = result
+    processed = round(r.samples_per_s * r.train_time_s)
+    return _result(scores, r.train_time_s, processed, r.train_size, len(valid), {
+        "validation_size_carved": r.validation_size, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+        "carved_f1_by_epoch": [round(h["f1"], 4) for h in r.history if "f1" in h],
+        "optimizer_steps": r.optimizer_steps, "batch_size": r.batch_size,
+        "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else r.precision,
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
-        "recipe": {k: v for k, v in m["config"].items() if k not in ("base_model", "device", "precision")}})
+        "recipe": {k: v for k, v in asdict(r.config).items() if k not in ("base_model", "device", "precision")}})
 
 
 def _result(scores, train_s: float, processed: int, train_n: int, valid_n: int, extra: dict) -> dict:

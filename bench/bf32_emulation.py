@@ -1,6 +1,6 @@
 """bf32 arithmetic emulated in fp32, to check its accuracy on a CPU without bf16 units.
 
-bf32 training (backend.device) keeps fp32 tensors and lets oneDNN round the two inputs of every matrix multiply to
+bf32 training (backend.model.device) keeps fp32 tensors and lets oneDNN round the two inputs of every matrix multiply to
 bf16, summing in fp32. Rounding the inputs of each linear layer's forward product and of both backward products
 (input gradient, weight gradient) to bf16, then multiplying in fp32, gives the same numbers up to the order of the
 sums. It is slower than plain fp32 and says nothing about speed: `bench/accuracy.py --emulate-bf32` uses it for F1.

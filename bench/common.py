@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from backend.spans import Example, Word  # noqa: E402
+from backend.data.spans import Example, Word  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mit_restaurant"
 TRAIN_FILE = DATA / "restauranttrain.bio"
@@ -33,7 +33,7 @@ def stand_in_model() -> str:
 
 def read_examples(path: Path, n: int | None = None) -> list[Example]:
     """The first ``n`` sentences (all when None) of an MIT-style BIO file."""
-    from backend.formats import read_bio
+    from backend.data.formats import read_bio
 
     if not path.is_file():
         sys.exit(f"{path} not found: the benchmarks need the MIT Restaurant corpus in ../shared/data/mit_restaurant")

@@ -20,9 +20,10 @@ import torch
 from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
 
 sys.path.insert(0, ".")
-from backend.formats import read_bio  # imports nothing beyond the standard library and backend/
-from backend.predict import Predictor
-from backend.train import TrainingConfig, train_model
+from backend.data.formats import read_bio  # imports nothing beyond the standard library and backend/
+from backend.model.predict import Predictor
+from backend.model.config import TrainingConfig
+from backend.model.train import train_model
 from tests.helpers.tiny_model import build_vocabulary
 
 assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
@@ -43,7 +44,7 @@ gpu = torch.cuda.get_device_name(0)
 config = TrainingConfig(base_model=str(base), epochs=int(os.environ["EPOCHS"]), device="cuda", precision="bf16",
                         batch_size=32, early_stopping_patience=0)
 result = train_model(train, bio, config, scratch / "trained")
-m = result.metrics
+m = result.record()
 
 predictor = Predictor.load(result.model_dir, device="cuda", precision="auto")
 predictor.batch_size = 128

@@ -57,8 +57,8 @@ def measure(model_dir: Path, texts_n: int | None, threads: int, precision: str) 
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from backend.metrics import score_tags
-    from backend.predict import Predictor
+    from backend.model.metrics import score_tags
+    from backend.model.predict import Predictor
 
     torch.set_num_threads(threads)
     valid = read_examples(VALID_FILE, texts_n)
@@ -115,7 +115,8 @@ def measure(model_dir: Path, texts_n: int | None, threads: int, precision: str) 
 
 
 def quick_model(out: Path, n: int, epochs: int, threads: int) -> Path:
-    from backend.train import TrainingConfig, train_model
+    from backend.model.config import TrainingConfig
+    from backend.model.train import train_model
 
     config = TrainingConfig(base_model=stand_in_model(), epochs=epochs, threads=threads)
     return train_model(read_examples(TRAIN_FILE, n), BIO_LABELS, config, out).model_dir

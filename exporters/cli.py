@@ -1,6 +1,7 @@
 """Command line of the exporters: ``python -m exporters convert ...`` (see ``--help``).
 
-Parses arguments, reads examples through ``backend.formats``/``exporters.source``, writes through ``exporters.writers``.
+Parses arguments, reads examples through ``backend.data`` (a live project through the backend's one Label Studio
+client, ``backend.serving.labelstudio``), writes through ``exporters.writers``.
 """
 from __future__ import annotations
 
@@ -10,22 +11,13 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
-from backend.formats import (
-    FORMATS,
-    FormatError,
-    detect_format,
-    entity_labels,
-    keyed_tasks_to_examples,
-    load_examples,
-    read_tasks_json,
-    restrict_labels,
-)
-from backend.schema import LabelConfigError, LabelSchema, load_label_config, parse_label_config
-from backend.spans import ConversionReport, Example, has_entities
-from backend.splits import DEFAULT_SPLIT, parse_fractions, split_keyed
-from backend.tasks import IMPORTED_MODEL_VERSION, example_to_task, infer_schema
+from backend.data.formats import FORMATS, FormatError, detect_format, keyed_tasks_to_examples, read_examples, read_tasks_json
+from backend.data.schema import LabelConfigError, LabelSchema, load_label_config, parse_label_config
+from backend.data.spans import ConversionReport, Example, has_entities
+from backend.data.splits import DEFAULT_SPLIT, parse_fractions, split_keyed
+from backend.data.tasks import IMPORTED_MODEL_VERSION, example_to_task, infer_schema
+from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError
 from exporters import writers
-from exporters.source import SourceError, fetch_project
 
 T = TypeVar("T")
 Keyed = list[tuple[str | int, Example]]
@@ -120,7 +112,7 @@ def read_input(args: argparse.Namespace, report: ConversionReport) -> tuple[Keye
     """``(key, example)`` pairs, the label schema, and a description of the input."""
     schema = _config_schema(args)
     if args.url:
-        project = fetch_project(args.url, args.api_key, args.project)
+        project = LabelStudioClient(Credentials(args.url.rstrip("/"), args.api_key)).export_project(args.project)
         schema = schema or parse_label_config(project.label_config, args.from_name, args.to_name)
         return _read_tasks(project.tasks, schema, report), schema, f"project {args.project} at {args.url}"
 
@@ -132,11 +124,7 @@ def read_input(args: argparse.Namespace, report: ConversionReport) -> tuple[Keye
         if not keyed:
             raise FormatError(f"{args.input}: no usable annotated task among {len(tasks)} tasks")
     else:
-        examples = load_examples(args.input, fmt, report=report)
-        if schema is not None:
-            examples = restrict_labels(examples, schema.labels, report)
-        else:
-            schema = LabelSchema("label", "text", "text", tuple(entity_labels(examples)))
+        examples, schema = read_examples([args.input], fmt, schema, report)
         # files have no ids: the 1-based sentence number is the split key, which is also the position key of
         # the tasks written from the file (they have no ids), so both land in the same splits
         keyed = list(enumerate(examples, start=1))
@@ -202,8 +190,8 @@ def run_convert(args: argparse.Namespace) -> int:
             return 1
         print(f"python -m exporters convert: error: {error}", file=sys.stderr)
         return 2
-    except SourceError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except LabelStudioError as error:
+        print(f"error: {error}; check --url, --api-key and --project", file=sys.stderr)
         return 1
     except OSError as error:  # the output could not be written (permissions, disk full, a file in the way)
         print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)

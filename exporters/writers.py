@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from backend.formats import conll_spelling
-from backend.spans import ConversionReport, Example, replace_lone_surrogates
+from backend.data.formats import conll_spelling
+from backend.data.spans import ConversionReport, Example, replace_lone_surrogates
 
 CONLL_DOCSTART = "-DOCSTART- -X- O"
 
@@ -27,7 +27,7 @@ def conll2003_text(examples: Iterable[Example], report: ConversionReport | None 
     """CoNLL 2003 as Label Studio exports it: ``-DOCSTART- -X- O``, a blank line, then ``token -X- _ TAG``
     lines (IOB2) with a blank line after each sentence.
 
-    >>> from backend.spans import spans_to_bio, Span
+    >>> from backend.data.spans import spans_to_bio, Span
     >>> print(conll2003_text([spans_to_bio("cheap thai", [Span(6, 10, "Cuisine")])]), end="")
     -DOCSTART- -X- O
     <BLANKLINE>
@@ -49,7 +49,7 @@ def conll2003_text(examples: Iterable[Example], report: ConversionReport | None 
 def bio_text(examples: Iterable[Example]) -> str:
     """MIT-style BIO: ``TAG<TAB>token`` lines, a blank line between sentences.
 
-    >>> from backend.spans import tokens_to_text
+    >>> from backend.data.spans import tokens_to_text
     >>> text, words = tokens_to_text(["cheap", "thai"])
     >>> bio_text([Example(text, words, ["O", "B-Cuisine"])])
     'O\\tcheap\\nB-Cuisine\\tthai\\n'

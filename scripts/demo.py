@@ -90,8 +90,8 @@ def pick_port(wanted: int, what: str) -> int:
 
 def annotated_examples(data_dir: Path, limit: int) -> tuple[list, str]:
     """Word-level examples: the MIT corpus from ../shared, else downloaded from MIT, else none (see callers)."""
-    from backend.formats import read_bio
-    from backend.spans import ConversionReport
+    from backend.data.formats import read_bio
+    from backend.data.spans import ConversionReport
 
     corpus = MIT_CORPUS if MIT_CORPUS.exists() else data_dir / "restauranttrain.bio"
     if not corpus.exists():

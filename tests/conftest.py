@@ -43,7 +43,8 @@ def tiny_base_model(tmp_path_factory, synthetic_train) -> Path:
 @pytest.fixture(scope="session")
 def tiny_trained_model(tmp_path_factory, tiny_base_model, synthetic_train):
     """A version fine-tuned from ``tiny_base_model`` on the synthetic sentences: (TrainingResult)."""
-    from backend.train import TrainingConfig, train_model
+    from backend.model.config import TrainingConfig
+    from backend.model.train import train_model
 
     config = TrainingConfig(base_model=str(tiny_base_model), **TINY_RECIPE)
     return train_model(synthetic_train, bio_labels(), config, tmp_path_factory.mktemp("tiny-trained"))

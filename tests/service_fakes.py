@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.jobs import JobStatus
-from backend.labelstudio import replace_report_block
-from backend.spans import Span, split_words
-from backend.store import Manifest, ModelStore
+from backend.model.metrics import Scores
+from backend.serving.jobs import JobStatus
+from backend.serving.labelstudio import replace_report_block
+from backend.data.spans import Span, split_words
+from backend.serving.store import Manifest, ModelStore
 
 CONFIG = """<View>
   <Labels name="label" toName="text"><Label value="Dish"/><Label value="Price"/><Label value="Cuisine"/></Labels>
@@ -30,8 +31,9 @@ def write_model_folder(folder: Path, labels: list[str]) -> Path:
 
 def add_version(store: ModelStore, project: str, labels: list[str], f1: float = 0.5, promote: bool = True) -> str:
     folder = write_model_folder(store.new_temporary_dir(project), labels)
-    scores = {"overall": {"precision": f1, "recall": f1, "f1": f1, "support": 5},
-              "per_entity": {label: {"precision": f1, "recall": f1, "f1": f1, "support": 1} for label in labels}}
+    scores = Scores.from_dict({"overall": {"precision": f1, "recall": f1, "f1": f1, "support": 5},
+                               "per_entity": {label: {"precision": f1, "recall": f1, "f1": f1, "support": 1}
+                                              for label in labels}})
     version = store.commit(project, folder, Manifest(project=project, base_model="fake", labels=labels,
                                                      scores=scores, promoted=promote))
     if promote:
@@ -50,7 +52,7 @@ class FakePredictor:
         self.calls: list[list[str]] = []
 
     def predict(self, texts):
-        from backend.predict import TextPrediction
+        from backend.model.predict import TextPrediction
 
         self.calls.append(list(texts))
         out = []

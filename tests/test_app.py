@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from backend.app import create_app
-from backend.service import NerService
-from backend.settings import Settings
-from backend.store import ModelStore
+from backend.serving.app import create_app
+from backend.serving.service import NerService
+from backend.serving.settings import Settings
+from backend.serving.store import ModelStore
 from tests.service_fakes import CONFIG, CountingLoader, FakeJobs, add_version, write_model_folder
 
 PROJECT = "3.1718000000"
@@ -216,7 +216,7 @@ def test_the_webhook_answers_200_fast_to_anything_and_ignores_what_it_cannot_use
 
 
 def test_the_webhook_returns_within_100_ms_while_a_real_training_child_starts(tmp_path, settings):
-    from backend.jobs import JobQueue
+    from backend.serving.jobs import JobQueue
 
     jobs = JobQueue(slow_run, tmp_path / "jobs")
     client = create_app(settings, NerService(settings, jobs=jobs)).test_client()
@@ -262,6 +262,26 @@ def test_basic_auth_protects_everything_but_health_and_webhook(settings, parts):
         assert getattr(client, method)(path, json=body, headers=_basic("ls", "pw")).status_code == 200, path
     assert client.get("/health").status_code == 200
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 3}}).status_code == 200
+
+
+PUBLIC_PATHS = {"/", "/health", "/webhook"}
+
+
+def test_every_route_but_the_public_ones_refuses_a_request_without_credentials(settings, parts):
+    # Walks the app's own URL map: a route added or renamed later is checked too, without editing this test.
+    app = create_app(replace(settings, basic_auth_user="ls", basic_auth_pass="pw"),
+                     NerService(settings, store=parts[0], jobs=parts[1], load_predictor=parts[2]))
+    client = app.test_client()
+    routes = [(rule.rule, method) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+              for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    assert {path for path, _ in routes} >= PUBLIC_PATHS | {"/predict", "/setup", "/versions", "/status", "/report"}
+    for path, method in routes:
+        answer = client.open(path, method=method, json={"project": PROJECT})
+        if path in PUBLIC_PATHS:
+            assert answer.status_code == 200, (method, path)
+        else:
+            assert answer.status_code == 401, (method, path)
+            assert "authentication required" in answer.json["error"]
 
 
 def test_versions_lists_readable_names_with_time_and_f1(client, parts):

@@ -43,8 +43,8 @@ def test_train_takes_labels_and_their_order_from_a_label_config(tmp_path, bio_fi
     out = tmp_path / "m"
     assert main(["train", "--data", str(bio_files[1]), "--base-model", str(tiny_base_model), "--out", str(out),
                  "--epochs", "1", "--threads", "1", "--label-config", str(config)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["bio_labels"] == ["O", "B-Price", "I-Price", "B-Dish", "I-Dish"]
+    id2label = json.loads((out / "config.json").read_text())["id2label"]  # the model's own label map
+    assert [id2label[str(i)] for i in range(len(id2label))] == ["O", "B-Price", "I-Price", "B-Dish", "I-Dish"]
 
 
 def test_evaluate_json_prints_one_object_with_overall_precision_recall_f1(cli_model, bio_files, capsys):

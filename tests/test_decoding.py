@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.decoding import BioConstraints, constrained_decode
-from backend.spans import repair_bio
+from backend.model.decoding import BioConstraints, constrained_decode
+from backend.data.spans import repair_bio
 
 LABELS = ["O", "B-Dish", "I-Dish", "B-Price", "I-Price"]
 

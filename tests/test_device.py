@@ -3,7 +3,7 @@ inference, bf32 (fp32 training with bf16 matrix multiplies) only for CPU trainin
 import pytest
 import torch
 
-from backend import device
+from backend.model import device
 
 
 def test_cpu_training_is_fp32_without_native_bf16_and_bf32_with_it(monkeypatch):
@@ -42,7 +42,7 @@ def test_reading_the_precision_names_does_not_load_torch():
 
     from pathlib import Path
 
-    code = "import sys, backend.settings, backend.device; print('torch' in sys.modules)"
+    code = "import sys, backend.serving.settings, backend.model.device; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.strip() == "False"

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
-from backend.dropout import FastDropout, use_fast_dropout
+from backend.model.dropout import FastDropout, use_fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.formats import read_bio, read_conll2003
-from backend.schema import load_label_config
-from backend.splits import assign_split, parse_fractions
-from exporters.source import SourceError, fetch_project
+from backend.data.formats import read_bio, read_conll2003
+from backend.data.schema import load_label_config
+from backend.data.splits import assign_split, parse_fractions
+from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
@@ -271,8 +271,12 @@ def test_unreachable_project_fails_clearly_without_printing_the_key(tmp_path):
     assert "secret-key-123" not in done.stderr + done.stdout
 
 
+def fetch_project(url, api_key, project, client):
+    return LabelStudioClient(Credentials(url, api_key), sdk=client).export_project(project)
+
+
 class _FakeClient:
-    """Stands in for LabelStudio(base_url, api_key): the two calls fetch_project makes."""
+    """Stands in for LabelStudio(base_url, api_key): the two calls an export makes."""
 
     def __init__(self, tasks, label_config, export_fails=False):
         outer = self
@@ -317,7 +321,7 @@ def test_live_project_errors_become_source_errors():
             def get(id):
                 raise ConnectionError("refused")
 
-    with pytest.raises(SourceError, match="project 4 at http://ls"):
+    with pytest.raises(LabelStudioError, match="project 4 at http://ls"):
         fetch_project("http://ls", "key", 4, client=Broken())
 
 

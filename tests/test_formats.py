@@ -1,22 +1,21 @@
-"""Specification of backend/formats.py: reading BIO, CoNLL 2003 and Label Studio JSON files into examples."""
+"""Specification of backend/data/formats.py: reading BIO, CoNLL 2003 and Label Studio JSON files into examples."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from backend.formats import (
+from backend.data.formats import (
     FormatError,
     detect_format,
-    entity_labels,
     load_examples,
     read_bio,
     read_conll2003,
     read_label_studio_json,
     restrict_labels,
 )
-from backend.schema import LabelSchema
-from backend.spans import ConversionReport
+from backend.data.schema import LabelSchema
+from backend.data.spans import ConversionReport, example_entity_types
 
 BIO = "O\tcheap\nB-Cuisine\tthai\nI-Cuisine\tfood\n\nB-Hours\topen\nI-Hours\tlate\n"
 EXPECTED = [(["cheap", "thai", "food"], ["O", "B-Cuisine", "I-Cuisine"]), (["open", "late"], ["B-Hours", "I-Hours"])]
@@ -194,7 +193,7 @@ def test_load_examples_detects_or_obeys_the_format(tmp_path):
 
 
 def test_entity_labels_are_in_first_seen_order(tmp_path):
-    assert entity_labels(read_bio(_write(tmp_path, "a.bio", BIO))) == ["Cuisine", "Hours"]
+    assert example_entity_types(read_bio(_write(tmp_path, "a.bio", BIO))) == ["Cuisine", "Hours"]
 
 
 def test_restrict_labels_turns_unknown_labels_into_o_and_counts_them(tmp_path):

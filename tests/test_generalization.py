@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from backend.device import inference_placement
-from backend.formats import read_conll2003
-from backend.schema import parse_label_config
-from backend.service import NerService, train_project
-from backend.settings import Settings, TrainingKnobs
-from backend.spans import ConversionReport, bio_to_spans
-from backend.store import ModelStore
-from backend.tasks import task_to_example
+from backend.model.device import inference_placement
+from backend.data.formats import read_conll2003
+from backend.data.schema import parse_label_config
+from backend.serving.service import NerService
+from backend.serving.training_run import train_project
+from backend.model.config import RecipeOverrides
+from backend.serving.settings import Settings
+from backend.data.spans import ConversionReport, bio_to_spans
+from backend.serving.store import ModelStore
+from backend.data.tasks import task_to_example
 from tests.service_fakes import FakeJobs, FakeLabelStudio
 
 REVIEW_CONFIG = """<View>
@@ -118,7 +120,7 @@ def review_base_model(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, review_base_model):
     """A tiny model trained on REVIEW_CONFIG tasks through the service's training job (fake Label Studio)."""
     settings = Settings(model_dir=tmp_path_factory.mktemp("models"), base_model=str(review_base_model),
-                        training=TrainingKnobs(epochs=10, lr=3e-3, batch_size=16, threads=1,
+                        training=RecipeOverrides.of(epochs=10, lr=3e-3, batch_size=16, threads=1,
                                                freeze_embeddings=False))
     # a few tasks far longer than the model's 128 positions: training must cut them into windows
     long_tasks = [concatenated_task(900 + i, review_tasks(40, seed=100 + i)) for i in range(3)]
@@ -138,7 +140,7 @@ def service(trained):
 
 @pytest.fixture(scope="module")
 def predictor(trained):
-    from backend.predict import Predictor
+    from backend.model.predict import Predictor
 
     settings, store, _ = trained
     return Predictor.load(store.version_dir(PROJECT, store.current(PROJECT)), device="cpu")
@@ -315,7 +317,7 @@ def test_a_project_whose_config_dropped_a_label_of_its_model_gets_empty_results(
 # --- the HTTP app with bad tasks ----------------------------------------------------------------------------------
 @pytest.mark.slow  # trains a tiny transformer (once per module)
 def test_predict_over_http_answers_every_task_in_order_and_bad_tasks_with_empty_results(trained, service):
-    from backend.app import create_app
+    from backend.serving.app import create_app
 
     settings, _, _ = trained
     client = create_app(settings, service).test_client()
@@ -349,7 +351,7 @@ def test_predict_over_http_answers_every_task_in_order_and_bad_tasks_with_empty_
 
 @pytest.mark.slow  # trains a tiny transformer (once per module)
 def test_after_setup_predict_may_leave_out_the_label_config(trained, service):
-    from backend.app import create_app
+    from backend.serving.app import create_app
 
     settings, _, _ = trained
     client = create_app(settings, service).test_client()
@@ -363,7 +365,7 @@ def test_after_setup_predict_may_leave_out_the_label_config(trained, service):
 
 @pytest.mark.slow  # trains a tiny transformer (once per module)
 def test_predict_over_http_answers_a_text_of_only_unreadable_characters_with_an_empty_result(trained, service):
-    from backend.app import create_app
+    from backend.serving.app import create_app
 
     settings, _, _ = trained
     client = create_app(settings, service).test_client()
@@ -457,9 +459,10 @@ def chinese_sentence(rng: random.Random) -> tuple[str, list[tuple[int, int, str]
 def test_entities_inside_chinese_sentences_are_learnt_and_predicted_with_their_exact_offsets(tmp_path):
     # Chinese is written without spaces: the whole sentence used to be one word, so nothing inside it could be
     # predicted. Each character is a word now, as in character-level corpora.
-    from backend.predict import Predictor
-    from backend.spans import Span, spans_to_bio
-    from backend.train import TrainingConfig, train_model
+    from backend.model.predict import Predictor
+    from backend.data.spans import Span, spans_to_bio
+    from backend.model.config import TrainingConfig
+    from backend.model.train import train_model
     from tests.conftest import TINY_RECIPE
     from tests.helpers.tiny_model import build_tiny_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs import JobQueue
+from backend.serving.jobs import JobQueue
 
 WAIT_S = 60
 

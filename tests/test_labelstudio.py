@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.labelstudio import REPORT_END, REPORT_START, Credentials, LabelStudioClient
+from backend.serving.labelstudio import REPORT_END, REPORT_START, Credentials, LabelStudioClient
 
 
 class RecordingSdk:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
-from backend.metrics import EntityScore, Scores, entities, score_tags
+from backend.model.metrics import EntityScore, Scores, entities, score_tags
 
 # Every letter seqeval knows (IOB2, IOBES, bare letters, its "." oddity), types with dashes, and garbage.
 ANY_TAG = st.sampled_from(["O", "B-Dish", "I-Dish", "E-Dish", "S-Dish", "B-Price", "I-Price", "B-a-b", "I-a-b",

@@ -4,8 +4,9 @@ character offsets on any text, windows for long texts, per-span and per-text sco
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from backend.predict import Predictor, TextPrediction, entity_labels_of
-from backend.spans import repair_bio, split_words
+from backend.data.spans import entity_types
+from backend.model.predict import Predictor, TextPrediction
+from backend.data.spans import repair_bio, split_words
 from tests.helpers.synthetic import LABELS, restaurant_examples
 
 
@@ -96,7 +97,7 @@ def test_predict_tags_gives_one_tag_per_given_word(predictor):
 def test_predictor_knows_its_labels_from_the_saved_label_map(predictor, tiny_trained_model):
     assert predictor.model_dir == tiny_trained_model.model_dir
     assert predictor.bio_labels[0] == "O" and predictor.entity_labels == list(LABELS)
-    assert entity_labels_of(["O", "B-Dish", "I-Dish", "B-Price"]) == ["Dish", "Price"]
+    assert entity_types(["O", "B-Dish", "I-Dish", "B-Price"]) == ["Dish", "Price"]
 
 
 def test_bf16_prediction_agrees_with_fp32_on_almost_every_word(tiny_trained_model, predictor):

@@ -5,9 +5,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from backend.labelstudio import REPORT_END, REPORT_START, replace_report_block
-from backend.report import failure_block, instruction_block, ml_description, report_page
-from backend.store import Manifest
+from backend.model.metrics import Scores
+from backend.serving.labelstudio import REPORT_END, REPORT_START, replace_report_block
+from backend.serving.report import failure_block, instruction_block, ml_description, report_page
+from backend.serving.store import Manifest
 
 # What Label Studio's sanitiser (bleach with label_studio/constants.py) keeps: a subset is enough here.
 ALLOWED_TAGS = {"section", "h3", "p", "b", "table", "thead", "tbody", "tr", "th", "td"}
@@ -17,8 +18,8 @@ ALLOWED_ATTRIBUTES = {"class", "border", "cellpadding"}
 def _scores(f1_by_entity, support=4):
     per_entity = {label: {"precision": f1, "recall": f1, "f1": f1, "support": support} for label, f1 in f1_by_entity.items()}
     overall_f1 = sum(f1_by_entity.values()) / len(f1_by_entity)
-    return {"overall": {"precision": overall_f1, "recall": overall_f1, "f1": overall_f1, "support": 8},
-            "per_entity": per_entity}
+    return Scores.from_dict({"overall": {"precision": overall_f1, "recall": overall_f1, "f1": overall_f1, "support": 8},
+                             "per_entity": per_entity})
 
 
 @pytest.fixture

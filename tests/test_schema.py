@@ -1,11 +1,11 @@
-"""Specification of backend/schema.py: which Labels/Text pair of a Label Studio config the backend uses."""
+"""Specification of backend/data/schema.py: which Labels/Text pair of a Label Studio config the backend uses."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from backend.schema import LabelConfigError, LabelSchema, load_label_config, parse_label_config
+from backend.data.schema import LabelConfigError, LabelSchema, load_label_config, parse_label_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESTAURANT_LABELS = ("Amenity", "Cuisine", "Dish", "Hours", "Location", "Price", "Rating", "Restaurant_Name")

@@ -6,11 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.labelstudio import REPORT_START, LabelStudioError
-from backend.metrics import EntityScore, Scores
-from backend.service import TrainingDataError, credentials_for, project_id, train_project
-from backend.settings import Settings
-from backend.store import ModelStore
+from backend.serving.labelstudio import REPORT_START, LabelStudioError
+from backend.model.metrics import EntityScore, Scores
+from backend.serving.service import project_id
+from backend.serving.training_run import TrainingDataError, credentials_for, train_project
+from backend.serving.settings import Settings
+from backend.serving.store import ModelStore
 from tests.service_fakes import CONFIG, FakeLabelStudio, annotated_task, write_model_folder
 
 TEXTS = ["cheap pizza near me", "thai food please", "sushi for two", "where can i get cheap sushi",
@@ -180,11 +181,11 @@ def test_credentials_prefer_the_settings_and_fall_back_to_what_setup_sent(settin
 
 
 def test_a_failed_job_is_reported_into_the_project_like_a_result(settings, monkeypatch):
-    import backend.service as service_module
-    from backend.service import run_training_job
+    import backend.serving.training_run as training_run_module
+    from backend.serving.training_run import run_training_job
 
     client = FakeLabelStudio(_tasks()[:1])
-    monkeypatch.setattr(service_module, "LabelStudioClient", lambda credentials, **_: client)
+    monkeypatch.setattr(training_run_module, "LabelStudioClient", lambda credentials, **_: client)
     payload = {"hostname": "http://ls:8080", "access_token": "t"}
     with pytest.raises(TrainingDataError):
         run_training_job(settings, "3", payload, lambda *args, **kwargs: None)
@@ -206,10 +207,10 @@ def test_a_missing_or_malformed_project_id_is_rejected(value):
 @pytest.mark.slow
 def test_a_real_tiny_model_trains_through_the_job_and_then_serves_predictions(tmp_path, tiny_base_model):
     """The whole job with the real training and prediction code on a tiny BERT; then the service serves it."""
-    from backend.service import NerService
+    from backend.serving.service import NerService
     from tests.helpers.synthetic import restaurant_examples
-    from backend.tasks import example_to_task
-    from backend.schema import load_label_config
+    from backend.data.tasks import example_to_task
+    from backend.data.schema import load_label_config
 
     schema = load_label_config(Path(__file__).resolve().parents[1] / "label_config" / "restaurant.xml")
     tasks = []

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings, SettingsError
+from backend.serving.settings import Settings, SettingsError
 
 
 def test_an_empty_environment_gives_safe_defaults():

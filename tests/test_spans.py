@@ -1,4 +1,4 @@
-"""Specification of backend/spans.py: character spans <-> word-level IOB2 tags, and what happens to bad spans."""
+"""Specification of backend/data/spans.py: character spans <-> word-level IOB2 tags, and what happens to bad spans."""
 from __future__ import annotations
 
 import unicodedata
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.spans import (
+from backend.data.spans import (
     ConversionReport,
     Span,
     bio_to_spans,

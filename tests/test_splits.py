@@ -1,9 +1,9 @@
-"""Specification of backend/splits.py: deterministic splits by hash of a key, stable when data is added."""
+"""Specification of backend/data/splits.py: deterministic splits by hash of a key, stable when data is added."""
 from __future__ import annotations
 
 import pytest
 
-from backend.splits import assign_split, parse_fractions, split_examples, split_keyed
+from backend.data.splits import assign_split, parse_fractions, split_examples, split_keyed
 
 FRACTIONS = parse_fractions("80/10/10")
 
@@ -67,6 +67,6 @@ def test_tiny_data_still_gets_both_sides():
 
 
 def test_a_key_with_a_lone_surrogate_hashes_to_a_stable_position():
-    from backend.splits import key_position
+    from backend.data.splits import key_position
 
     assert key_position("pho \ud83d") == key_position("pho \ud83d") != key_position("pho \ufffd")

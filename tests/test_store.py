@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from backend import store as store_module
-from backend.store import Manifest, ModelStore
+from backend.model.metrics import Scores
+from backend.serving import store as store_module
+from backend.serving.store import Manifest, ModelStore
 
 
 def _train_into(store: ModelStore, project: str, f1: float, promote: bool = True) -> str:
     folder = store.new_temporary_dir(project)
     (folder / "model.safetensors").write_bytes(b"weights")
     manifest = Manifest(project=project, base_model="tiny", labels=["Dish"], train_size=8, validation_size=2,
-                        scores={"overall": {"precision": f1, "recall": f1, "f1": f1, "support": 3}}, promoted=promote)
+                        scores=Scores.from_dict({"overall": {"precision": f1, "recall": f1, "f1": f1, "support": 3}}),
+                        promoted=promote)
     version = store.commit(project, folder, manifest)
     if promote:
         store.promote(project, version)
@@ -89,7 +91,7 @@ def test_a_training_killed_mid_save_leaves_only_a_temporary_folder_that_start_up
     _train_into(store, "3", 0.5)
     script = textwrap.dedent(f"""
         import sys, time
-        from backend.store import ModelStore
+        from backend.serving.store import ModelStore
         folder = ModelStore({str(tmp_path)!r}).new_temporary_dir("3")
         (folder / "model.safetensors").write_bytes(b"half")
         print("saving", flush=True)

@@ -1,11 +1,11 @@
-"""Specification of backend/tasks.py: which annotation of a Label Studio task counts, and results <-> spans."""
+"""Specification of backend/data/tasks.py: which annotation of a Label Studio task counts, and results <-> spans."""
 from __future__ import annotations
 
 import pytest
 
-from backend.schema import LabelConfigError, LabelSchema
-from backend.spans import ConversionReport, Span, spans_to_bio, tokens_to_text, Example
-from backend.tasks import (
+from backend.data.schema import LabelConfigError, LabelSchema
+from backend.data.spans import ConversionReport, Span, spans_to_bio, tokens_to_text, Example
+from backend.data.tasks import (
     choose_annotation,
     example_to_task,
     infer_schema,

@@ -8,10 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer
 
-from backend.encoding import encode_word_lists, length_grouped_batches, word_windows
-from backend.predict import Predictor
-from backend.spans import Example, tokens_to_text
-from backend.train import TrainingConfig, TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
+from backend.model.encoding import encode_word_lists, length_grouped_batches, word_windows
+from backend.model.predict import Predictor
+from backend.data.spans import Example, tokens_to_text
+from backend.model.config import TrainingConfig
+from backend.model.train import TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
 from tests.conftest import TINY_RECIPE
 from tests.helpers.synthetic import bio_labels, restaurant_examples
 
@@ -34,16 +35,16 @@ def test_saved_version_holds_weights_tokenizer_label_map_and_metrics(tiny_traine
     assert [config.id2label[i] for i in range(len(config.id2label))] == bio_labels()
     AutoTokenizer.from_pretrained(folder)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(tiny_trained_model.metrics))
-    assert set(metrics["overall"]) == {"precision", "recall", "f1", "support"}
-    assert set(metrics["per_entity"]) <= {label[2:] for label in bio_labels() if label != "O"}
+    assert metrics == json.loads(json.dumps(tiny_trained_model.record()))
+    assert set(metrics["selection_scores"]["overall"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["selection_scores"]["per_entity"]) <= {label[2:] for label in bio_labels() if label != "O"}
     assert metrics["train_size"] + metrics["validation_size"] == 300
     assert metrics["validation_size"] > 0
     for key in ("train_time_s", "samples_per_s", "best_epoch", "versions", "config", "device", "precision"):
         assert key in metrics
     assert metrics["versions"]["torch"] and metrics["versions"]["transformers"]
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
-    assert metrics["overall"]["f1"] == max(record["f1"] for record in metrics["history"])
+    assert metrics["selection_scores"]["overall"]["f1"] == max(record["f1"] for record in metrics["history"])
 
 
 def test_same_seed_gives_the_same_model(tiny_base_model, tmp_path):
@@ -62,7 +63,7 @@ def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path, 
     # The total is known before the first step (batches split by the token cap included), so progress ends at 100%.
     assert len({p.total_steps for p in seen}) == 1
     assert [p.step for p in seen] == list(range(1, seen[-1].total_steps + 1))
-    assert result.metrics["optimizer_steps"] == seen[-1].total_steps
+    assert result.optimizer_steps == seen[-1].total_steps
     assert {p.epoch for p in seen} == {1, 2} and seen[-1].elapsed_s > 0
 
 
@@ -70,7 +71,7 @@ def test_given_validation_is_used_instead_of_a_carved_one(tiny_base_model, tmp_p
     config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1})
     result = train_model(restaurant_examples(30, seed=6), bio_labels(), config, tmp_path / "m",
                          validation=restaurant_examples(7, seed=7))
-    assert (result.metrics["train_size"], result.metrics["validation_size"]) == (30, 7)
+    assert (result.train_size, result.validation_size) == (30, 7)
 
 
 def _without_entities(examples):
@@ -82,23 +83,22 @@ def test_a_validation_set_without_entities_keeps_the_last_epoch_instead_of_the_f
     config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 3})
     result = train_model(restaurant_examples(40, seed=6), bio_labels(), config, tmp_path / "m",
                          validation=_without_entities(restaurant_examples(7, seed=7)))
-    metrics = result.metrics
-    assert (metrics["best_epoch"], metrics["epochs_run"]) == (3, 3)
-    assert metrics["overall"] is None and metrics["validation_size"] == 0
-    assert "no entities" in metrics["scored_on"]
+    assert (result.best_epoch, result.epochs_run) == (3, 3)
+    assert result.selection_scores is None and result.validation_size == 0
+    assert "no entities" in result.scored_on
 
 
 def test_a_carved_validation_part_without_entities_goes_back_into_training(tiny_base_model, tmp_path):
     examples = restaurant_examples(60, seed=9)
-    train, validation = carve_validation(examples, TrainingConfig().validation_fraction)
+    train, validation = carve_validation(examples, TrainingConfig().carve_fraction)
     assert train and validation
     # The carve is keyed by text, so the same texts are carved again, now without an entity among them.
     examples = train + _without_entities(validation)
     config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2})
-    metrics = train_model(examples, bio_labels(), config, tmp_path / "m").metrics
-    assert (metrics["train_size"], metrics["validation_size"]) == (60, 0)
-    assert (metrics["best_epoch"], metrics["epochs_run"]) == (2, 2)
-    assert "carved validation part had no entities" in metrics["scored_on"]
+    result = train_model(examples, bio_labels(), config, tmp_path / "m")
+    assert (result.train_size, result.validation_size) == (60, 0)
+    assert (result.best_epoch, result.epochs_run) == (2, 2)
+    assert "carved validation part had no entities" in result.scored_on
 
 
 def test_tags_outside_the_label_list_are_rejected_naming_the_example(tiny_base_model, tmp_path):
@@ -139,7 +139,7 @@ def test_bf32_training_runs_its_matrix_multiplies_in_bf16_and_restores_the_setti
     # On this CPU without bf16 units PyTorch computes in fp32 anyway; what is checked is the switch and its scope.
     import torch
 
-    from backend import device
+    from backend.model import device
 
     monkeypatch.setattr(device, "cpu_flags", lambda: {"amx_bf16"})
     before = torch.backends.mkldnn.matmul.fp32_precision
@@ -149,7 +149,7 @@ def test_bf32_training_runs_its_matrix_multiplies_in_bf16_and_restores_the_setti
                          progress=lambda _: during.add(torch.backends.mkldnn.matmul.fp32_precision))
     assert during == {"bf16"}
     assert torch.backends.mkldnn.matmul.fp32_precision == before
-    assert result.metrics["precision"] == "bf32" and "bf16" in result.metrics["precision_reason"]
+    assert result.precision == "bf32" and "bf16" in result.precision_reason
 
 
 def test_a_saved_version_predicts_in_the_windows_it_was_trained_on(tiny_base_model, tmp_path):
@@ -207,9 +207,9 @@ def test_first_subword_of_each_word_carries_the_label(tiny_base_model):
 
 
 def test_saved_weights_are_those_of_the_best_epoch(tiny_trained_model, synthetic_train):
-    _, validation = carve_validation(synthetic_train, TrainingConfig().validation_fraction)
+    _, validation = carve_validation(synthetic_train, TrainingConfig().carve_fraction)
     saved = evaluate_model(Predictor.load(tiny_trained_model.model_dir, precision="fp32"), validation).overall.f1
-    assert saved == pytest.approx(tiny_trained_model.metrics["overall"]["f1"])
+    assert saved == pytest.approx(tiny_trained_model.selection_scores.overall.f1)
 
 
 @given(st.lists(st.integers(1, 60), max_size=300), st.integers(1, 40), st.one_of(st.none(), st.integers(1, 400)))

@@ -157,7 +157,7 @@ def test_predicted_spans_have_exact_offsets_and_known_labels(outcome):
 def test_scores_are_in_the_project_instructions_and_the_ml_record(outcome):
     assert outcome.instruction.startswith(LEAD_INSTRUCTION), "the lead's own instructions were changed"
     latest = outcome.versions[-1]["version"]  # the block reports the last run, promoted or not
-    f1 = f"{outcome.versions[-1]['f1']:.3f}"  # backend/report.py writes scores with 3 decimals
+    f1 = f"{outcome.versions[-1]['f1']:.3f}"  # backend/serving/report.py writes scores with 3 decimals
     assert latest in outcome.instruction and f"F1 {f1}" in outcome.instruction
     missing = [label for label in outcome.labels if label not in outcome.instruction]
     assert not missing, f"the per-entity table lacks {missing}"

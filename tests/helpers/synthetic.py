@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from backend.spans import Example, tokens_to_text
+from backend.data.spans import Example, tokens_to_text
 
 LABELS = ("Amenity", "Cuisine", "Dish", "Hours", "Location", "Price", "Rating", "Restaurant_Name")
 

@@ -31,7 +31,7 @@ class Placement:
     def dtype(self) -> torch.dtype:
         import torch
 
-        # int8 keeps fp32 activations; only the linear layers' weights are quantized (see backend.predict).
+        # int8 keeps fp32 activations; only the linear layers' weights are quantized (see backend.model.predict).
         # bf32 keeps fp32 tensors; only the matrix multiplies round their inputs to bf16 (see matmul_precision).
         return {"fp32": torch.float32, "bf32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16,
                 "fp16": torch.float16}[self.precision]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backend.spans import OUTSIDE
+from backend.data.spans import OUTSIDE
 
 # HyperText spans carry XPath offsets, not plain character offsets, so only <Text> is supported.
 TEXT_OBJECT_TAGS = ("Text",)

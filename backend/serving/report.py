@@ -6,20 +6,25 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable
 
-from backend.labelstudio import REPORT_END, REPORT_START
-from backend.store import Manifest
+from backend.model.metrics import EntityScore, Scores
+from backend.serving.labelstudio import REPORT_END, REPORT_START
+from backend.serving.store import Manifest
 
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _per_entity(scores: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    return dict((scores or {}).get("per_entity") or {})
+def _per_entity(scores: Scores | None) -> dict[str, EntityScore]:
+    return dict(scores.per_entity) if scores else {}
 
 
-def _overall(scores: dict[str, Any] | None) -> dict[str, Any]:
-    return dict((scores or {}).get("overall") or {})
+def _overall(scores: Scores | None) -> EntityScore | None:
+    return scores.overall if scores else None
+
+
+def _f1(score: EntityScore | None) -> float | None:
+    return score.f1 if score else None
 
 
 def _entity_order(manifest: Manifest) -> list[str]:
@@ -39,11 +44,11 @@ def _table(manifest: Manifest) -> str:
     attributes Label Studio's HTML sanitiser keeps, so the block reads back exactly as written."""
     rows = []
     current, previous = _per_entity(manifest.scores), _per_entity(manifest.previous_scores)
-    entries = [(label, current.get(label, {}), previous.get(label, {})) for label in _entity_order(manifest)]
+    entries = [(label, current.get(label), previous.get(label)) for label in _entity_order(manifest)]
     entries.append(("overall", _overall(manifest.scores), _overall(manifest.previous_scores)))
     for label, score, before in entries:
-        cells = [escape(label), _number(score.get("precision")), _number(score.get("recall")),
-                 _number(score.get("f1")), str(score.get("support", "–")), _number(before.get("f1"))]
+        cells = [escape(label), _number(score and score.precision), _number(score and score.recall),
+                 _number(_f1(score)), str(score.support) if score else "–", _number(_f1(before))]
         tag = "th" if label == "overall" else "td"
         rows.append("<tr>" + "".join(f"<{tag}>{cell}</{tag}>" for cell in cells) + "</tr>")
     previous_name = escape(manifest.previous_version or "previous")
@@ -81,8 +86,8 @@ def ml_description(manifest: Manifest) -> str:
     """One line for the ML backend record: version, overall P/R/F1, sizes, time, decision."""
     overall = _overall(manifest.scores)
     state = "promoted" if manifest.promoted else "not promoted"
-    return (f"{manifest.version} ({state}): P {_number(overall.get('precision'))} "
-            f"R {_number(overall.get('recall'))} F1 {_number(overall.get('f1'))}; "
+    return (f"{manifest.version} ({state}): P {_number(overall and overall.precision)} "
+            f"R {_number(overall and overall.recall)} F1 {_number(_f1(overall))}; "
             f"train {manifest.train_size} / validation {manifest.validation_size} tasks; {manifest.created_at}")
 
 
@@ -112,8 +117,8 @@ def _bars(manifest: Manifest) -> str:
     current, previous = _per_entity(manifest.scores), _per_entity(manifest.previous_scores)
     rows = []
     for label in _entity_order(manifest):
-        f1 = current.get(label, {}).get("f1")
-        before = previous.get(label, {}).get("f1")
+        f1 = _f1(current.get(label))
+        before = _f1(previous.get(label))
         previous_bar = (f'<div class="bar previous" style="width:{100 * before:.1f}%"></div>'
                         if before is not None else "")
         rows.append(

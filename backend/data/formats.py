@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from backend.schema import LabelSchema
-from backend.spans import OUTSIDE, ConversionReport, Example, repair_bio, tokens_to_text
-from backend.tasks import infer_schema, task_name, task_to_example
+from backend.data.schema import LabelSchema
+from backend.data.spans import OUTSIDE, ConversionReport, Example, example_entity_types, repair_bio, tokens_to_text
+from backend.data.tasks import infer_schema, task_name, task_to_example
 
 FORMATS = ("bio", "conll2003", "ls-json")
 DOCSTART = "-DOCSTART-"
@@ -246,19 +246,25 @@ def load_examples(
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def entity_labels(examples: Iterable[Example]) -> list[str]:
-    """Entity labels seen in the examples' tags, in first-seen order (for files without a label config).
+def read_examples(
+    paths: Iterable[str | Path],
+    fmt: str | None = None,
+    schema: LabelSchema | None = None,
+    report: ConversionReport | None = None,
+) -> tuple[list[Example], LabelSchema]:
+    """Examples from every file of ``paths`` (in ``fmt``, else each one's detected format) and their labels.
 
-    >>> from backend.spans import spans_to_bio, Span
-    >>> entity_labels([spans_to_bio("cheap thai", [Span(6, 10, "Cuisine"), Span(0, 5, "Price")])])
-    ['Price', 'Cuisine']
+    With ``schema`` (a label config) its labels are the labels: tags of any other become ``O`` (counted, see
+    ``restrict_labels``). Without, the labels are those the data's tags name, in first-seen order, in a schema
+    ``label`` -> ``text``. The one reader of annotated files of both command lines.
     """
-    seen: dict[str, None] = {}
-    for example in examples:
-        for tag in example.tags:
-            if tag != OUTSIDE:
-                seen.setdefault(tag[2:], None)
-    return list(seen)
+    report = report if report is not None else ConversionReport()
+    examples: list[Example] = []
+    for path in paths:
+        examples.extend(load_examples(path, fmt, schema=schema, report=report))
+    if schema is not None:
+        return restrict_labels(examples, schema.labels, report), schema
+    return examples, LabelSchema("label", "text", "text", tuple(example_entity_types(examples)))
 
 
 def conll_spelling(label: str) -> str:

@@ -8,8 +8,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from backend.schema import LabelConfigError, LabelSchema
-from backend.spans import ConversionReport, Example, Span, bio_to_spans, spans_to_bio
+from backend.data.schema import LabelConfigError, LabelSchema
+from backend.data.spans import ConversionReport, Example, Span, bio_to_spans, spans_to_bio
 
 LABELS_TYPE = "labels"
 IMPORTED_MODEL_VERSION = "imported"

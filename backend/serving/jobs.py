@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from backend.store import read_json, utc_now, write_json_atomically
+from backend.serving.store import read_json, utc_now, write_json_atomically
 
 log = logging.getLogger(__name__)
 

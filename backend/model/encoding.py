@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from backend.spans import replace_lone_surrogates
+from backend.data.spans import replace_lone_surrogates
 
 
 @dataclass

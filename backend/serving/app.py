@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from backend.service import NerService, RequestError
-from backend.settings import Settings
+from backend.serving.service import NerService, RequestError
+from backend.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("ner_backend", __name__)
 
-# Label Studio's webhooks carry no credentials, so /webhook stays open (its body is only a trigger);
-# /health stays open for load balancers and Label Studio's connection check.
-PROTECTED = {"predict", "setup", "versions", "status", "report"}
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def public(view: View) -> View:
+    """Mark a route that answers without credentials; every other route of ``bp`` needs them (when
+    BASIC_AUTH_USER is set), so a new or renamed route is protected unless it says otherwise."""
+    view.public = True  # type: ignore[attr-defined]
+    return view
 
 
 def _service() -> NerService:
@@ -41,10 +46,11 @@ def _json_body() -> Any:
     return body
 
 
-@bp.before_app_request
+@bp.before_request
 def _check_basic_auth():
     settings: Settings = current_app.config["NER_SETTINGS"]
-    if not settings.auth_enabled or (request.endpoint or "").split(".")[-1] not in PROTECTED:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if not settings.auth_enabled or getattr(view, "public", False):
         return None
     auth = request.authorization
     ok = (
@@ -60,8 +66,10 @@ def _check_basic_auth():
     return response, status
 
 
+# /health stays open for load balancers and Label Studio's connection check.
 @bp.get("/")
 @bp.get("/health")
+@public
 def health():
     return jsonify(_service().health())
 
@@ -76,7 +84,9 @@ def predict():
     return jsonify({"results": _service().predict(_json_body())})
 
 
+# Label Studio's webhooks carry no credentials, so /webhook stays open (its body is only a trigger).
 @bp.post("/webhook")
+@public
 def webhook():
     # Always 200 and always fast: Label Studio gives up after 1 s and a slow webhook blocks its request.
     try:

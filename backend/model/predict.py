@@ -1,7 +1,7 @@
 """Prediction with one saved model version: raw texts -> labelled character spans with scores.
 
 Batched over length-sorted windows under ``torch.inference_mode``; a word's label scores are those of its first
-subword, and the words of a text get the most probable valid BIO sequence (backend/decoding.py).
+subword, and the words of a text get the most probable valid BIO sequence (backend/model/decoding.py).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Sequence
 
 import torch
 
-from backend.decoding import DECODINGS, BioConstraints, constrained_decode, word_by_word
-from backend.device import Placement, inference_placement, set_threads
-from backend.encoding import centrality, encode_word_lists, pad_batch
-from backend.spans import OUTSIDE, Span, bio_to_spans, split_words
+from backend.model.decoding import DECODINGS, BioConstraints, constrained_decode, word_by_word
+from backend.model.device import Placement, inference_placement, set_threads
+from backend.model.encoding import centrality, encode_word_lists, pad_batch
+from backend.data.spans import OUTSIDE, Span, bio_to_spans, entity_types, split_words
 
 
 @dataclass
@@ -32,15 +32,6 @@ class TextPrediction:
 
 def _labels_of(config) -> list[str]:
     return [config.id2label[i] for i in range(len(config.id2label))]
-
-
-def entity_labels_of(bio_labels: Sequence[str]) -> list[str]:
-    """Entity types in first-seen order: ``["O", "B-Dish", "I-Dish"] -> ["Dish"]``."""
-    seen: dict[str, None] = {}
-    for tag in bio_labels:
-        if tag != OUTSIDE:
-            seen.setdefault(tag[2:], None)
-    return list(seen)
 
 
 def quantize_linear_layers(model):
@@ -80,11 +71,11 @@ class Predictor:
         self.placement = placement or Placement(torch.device("cpu"), "fp32", "default")
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.bio_labels = _labels_of(model.config)
-        self.entity_labels = entity_labels_of(self.bio_labels)
+        self.entity_labels = entity_types(self.bio_labels)
         self.batch_size = batch_size
         self.decoding = decoding
         self._constraints = BioConstraints(self.bio_labels)
-        # The saved tokenizer's model_max_length is the window length of training (backend.train sets it). Some
+        # The saved tokenizer's model_max_length is the window length of training (backend.model.train sets it). Some
         # tokenizers report a huge sentinel there; the position table is then the real limit.
         limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
         self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
@@ -129,7 +120,7 @@ class Predictor:
 
         A word seen by several overlapping windows takes its label scores from the window where it sits furthest
         from a cut (most context on both sides). A word the tokenizer drops entirely is tagged ``O``. With
-        ``decoding="bio"`` the tags are the most probable valid BIO sequence (backend/decoding.py); with
+        ``decoding="bio"`` the tags are the most probable valid BIO sequence (backend/model/decoding.py); with
         ``"argmax"`` each word takes its top label on its own, as ``pipeline(aggregation_strategy="first")``.
         """
         windows = encode_word_lists(self.tokenizer, token_lists, self.max_length)

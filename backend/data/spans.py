@@ -121,6 +121,25 @@ def has_entities(examples: Iterable[Example]) -> bool:
     return any(tag != OUTSIDE for example in examples for tag in example.tags)
 
 
+def entity_types(tags: Iterable[str]) -> list[str]:
+    """The entity types that BIO ``tags`` name, in first-seen order (``O`` and anything that is not ``B-x`` or
+    ``I-x`` name none).
+
+    >>> entity_types(["O", "B-Dish", "I-Dish", "B-Price", "I-Dish"])
+    ['Dish', 'Price']
+    """
+    seen: dict[str, None] = {}
+    for tag in tags:
+        if isinstance(tag, str) and tag[:2] in ("B-", "I-") and len(tag) > 2:
+            seen.setdefault(tag[2:], None)
+    return list(seen)
+
+
+def example_entity_types(examples: Iterable[Example]) -> list[str]:
+    """``entity_types`` of every tag of ``examples`` (the labels of data read without a label config)."""
+    return entity_types(tag for example in examples for tag in example.tags)
+
+
 @dataclass
 class ConversionReport:
     """Counts of every input the conversion had to repair or leave out, with the first few places named.

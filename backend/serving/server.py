@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from gunicorn.app.base import BaseApplication
 
-from backend.settings import Settings
+from backend.serving.settings import Settings
 
 
 class _Gunicorn(BaseApplication):
@@ -43,12 +43,12 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         # Built in the worker (after gunicorn's fork), so no thread or model crosses a fork.
-        from backend.app import create_app
+        from backend.serving.app import create_app
 
         app = create_app(self.settings)
         # Importing torch + transformers takes seconds; doing it now, off the request path, keeps the first
         # /predict after a project's first training from waiting for it.
-        threading.Thread(target=importlib.import_module, args=("backend.predict",), name="warm-up", daemon=True).start()
+        threading.Thread(target=importlib.import_module, args=("backend.model.predict",), name="warm-up", daemon=True).start()
         return app
 
 
@@ -70,7 +70,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
 def serve_command(args) -> int:
     """``python -m backend serve [--host H] [--port P]``: settings from the environment, flags win."""
-    from backend.settings import SettingsError
+    from backend.serving.settings import SettingsError
 
     try:
         settings = Settings.from_env()

@@ -17,6 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from backend.data.spans import entity_types
+from backend.model.metrics import Scores
+
 MANIFEST = "manifest.json"
 POINTER = "current.json"
 TEMPORARY_PREFIX = ".tmp-"
@@ -68,10 +71,11 @@ def _writer_alive(name: str) -> bool:
 
 @dataclass
 class Manifest:
-    """What built a version and how it scored; saved as ``manifest.json`` inside the version folder.
+    """What built a version and how it scored; saved as ``manifest.json`` inside the version folder. The one
+    record of a version's labels and its F1.
 
-    ``scores`` is the candidate's ``Scores.to_dict()`` on the validation split; ``previous_scores`` the
-    model that served before, on the same split (None when there was none).
+    ``scores``: the candidate's scores on the project's validation tasks; ``previous_scores``: the model that
+    served before, on the same tasks (None when there was none, or nothing to score).
     """
 
     project: str
@@ -83,9 +87,9 @@ class Manifest:
     validation_size: int = 0
     training_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, Any] | None = None
+    scores: Scores | None = None
     previous_version: str | None = None
-    previous_scores: dict[str, Any] | None = None
+    previous_scores: Scores | None = None
     promoted: bool = False
     decision: str = ""
     version: str = ""
@@ -93,23 +97,47 @@ class Manifest:
 
     @property
     def f1(self) -> float | None:
-        return _overall_f1(self.scores)
+        return self.scores.overall.f1 if self.scores else None
 
     @property
     def previous_f1(self) -> float | None:
-        return _overall_f1(self.previous_scores)
+        return self.previous_scores.overall.f1 if self.previous_scores else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # Scores are dataclasses: they become {"overall": ..., "per_entity": ...}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("scores", "previous_scores"):
+            values[name] = _scores(values.get(name))
+        return cls(**values)
 
 
-def _overall_f1(scores: dict[str, Any] | None) -> float | None:
+def _scores(data: Any) -> Scores | None:
+    """``Scores`` from a manifest's JSON; None when absent or not scores (an unreadable record scores nothing)."""
     try:
-        return float(scores["overall"]["f1"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError):
+        return Scores.from_dict(data) if data else None
+    except (TypeError, KeyError, ValueError, AttributeError):
         return None
+
+
+def model_labels(model_dir: Path) -> tuple[str, ...]:
+    """The entity labels a saved model predicts: its manifest's (a version of the store), else those of its
+    config.json ``id2label`` (a model trained by the command line, as a START_MODEL). No model loading."""
+    manifest = read_json(Path(model_dir) / MANIFEST)
+    if isinstance(manifest, dict) and isinstance(manifest.get("labels"), list):
+        return tuple(label for label in manifest["labels"] if isinstance(label, str))
+    config = read_json(Path(model_dir) / "config.json")
+    id2label = config.get("id2label") if isinstance(config, dict) else None
+    if not isinstance(id2label, dict):
+        return ()
+    try:
+        tags = [id2label[k] for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return ()
+    return tuple(entity_types(tags))
 
 
 @dataclass(frozen=True)
@@ -202,7 +230,7 @@ class ModelStore:
             while True:
                 name = f"v{number}"
                 manifest.version = name
-                write_json_atomically(Path(temporary_dir) / MANIFEST, asdict(manifest))
+                write_json_atomically(Path(temporary_dir) / MANIFEST, manifest.to_dict())
                 try:
                     # os.rename onto an existing (non-empty) folder fails, so a racing writer cannot be overwritten
                     os.rename(temporary_dir, self.version_dir(project, name))

@@ -1,6 +1,6 @@
-"""The backend's client of the Label Studio API (label-studio-sdk): read annotated tasks, write reports back.
-
-Webhook bodies are never trusted as data; everything training uses comes through here with our own credentials.
+"""The one client of the Label Studio API (label-studio-sdk): training reads annotated tasks and writes reports
+back; the exporters read a whole project. Webhook bodies are never trusted as data; everything comes through here
+with our own credentials.
 """
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(url={self.url!r}, api_key=<hidden>)"
+
+
+@dataclass
+class ProjectExport:
+    """What an export of a live project brings: its label config XML and all its tasks."""
+
+    label_config: str
+    tasks: list[dict]
 
 
 class ProjectClient(Protocol):
@@ -68,6 +76,7 @@ def _as_dict(item: Any) -> dict:
     if isinstance(item, dict):
         return item
     if hasattr(item, "model_dump"):
+        # SDK pydantic models: JSON mode turns datetimes into the ISO strings an export file has
         return item.model_dump(mode="json")
     return dict(item)
 
@@ -79,23 +88,27 @@ class LabelStudioClient:
     token (a JWT refresh token) for an access token itself, so both kinds of key work.
     """
 
-    def __init__(self, credentials: Credentials, timeout: float = 60.0, backend_auth: tuple[str, str] | None = None):
-        """``backend_auth``: this backend's own BASIC_AUTH_USER / BASIC_AUTH_PASS, when it has them."""
-        from label_studio_sdk import LabelStudio  # imported here: only the training child needs it
-
+    def __init__(self, credentials: Credentials, timeout: float = 60.0, backend_auth: tuple[str, str] | None = None,
+                 sdk: Any = None):
+        """``backend_auth``: this backend's own BASIC_AUTH_USER / BASIC_AUTH_PASS, when it has them. ``sdk``
+        replaces ``LabelStudio(base_url, api_key)`` (tests)."""
         self.credentials = credentials
         self.backend_auth = backend_auth
-        self._ls = LabelStudio(base_url=credentials.url, api_key=credentials.api_key, timeout=timeout)
+        if sdk is None:
+            from label_studio_sdk import LabelStudio  # imported here: the HTTP server never needs it
+
+            sdk = LabelStudio(base_url=credentials.url, api_key=credentials.api_key, timeout=timeout)
+        self._ls = sdk
 
     def _call(self, what: str, function, *args, **kwargs):
         try:
             return function(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - the SDK raises httpx and ApiError alike
             status = getattr(error, "status_code", None)
-            hint = " (check LABEL_STUDIO_API_KEY)" if status in (401, 403) else ""
+            hint = {401: " (check the API key)", 403: " (check the API key)", 404: " (check the project id)"}
             raise LabelStudioError(
-                f"Label Studio at {self.credentials.url}: {what} failed: "
-                f"{'HTTP ' + str(status) + ' ' if status else ''}{type(error).__name__}{hint}"
+                f"{what} at {self.credentials.url} failed: "
+                f"{'HTTP ' + str(status) + ' ' if status else ''}{type(error).__name__}{hint.get(status, '')}"
             ) from None
 
     def label_config(self, project: int) -> str:
@@ -111,6 +124,19 @@ class LabelStudioClient:
         tasks = self._call(f"listing the annotated tasks of project {project}", fetch)
         # the filter is a server-side hint; keep only tasks that really carry annotations
         return [task for task in tasks if task.get("annotations")]
+
+    def export_project(self, project: int, page_size: int = PAGE_SIZE) -> ProjectExport:
+        """Label config and all tasks of ``project``: Label Studio's own JSON export (``projects.exports.as_json``),
+        else, when that endpoint fails, every page of ``tasks.list(fields="all")``."""
+        found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
+        try:
+            tasks = self._ls.projects.exports.as_json(project)
+        except Exception:  # noqa: BLE001 - older servers: page through the tasks instead
+            tasks = self._call(f"listing the tasks of project {project}",
+                               lambda: list(self._ls.tasks.list(project=project, fields="all", page_size=page_size)))
+        if isinstance(tasks, dict):
+            tasks = tasks.get("tasks", [])
+        return ProjectExport(label_config=found.label_config or "", tasks=[_as_dict(task) for task in tasks])
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         found = self._call(f"reading project {project}", self._ls.projects.get, id=project)

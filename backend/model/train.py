@@ -1,5 +1,8 @@
 """Fine-tuning a token-classification model on word-level examples: one function the CLI, the HTTP backend and
 the benchmarks all call, writing one self-contained model version (weights, tokenizer, label map, metrics.json).
+
+``train_model`` reads as its phases: the data (train set and the part that picks the epoch), the windows, the
+model, the step plan, the epochs, the save. The recipe is ``backend.model.config.TrainingConfig``.
 """
 from __future__ import annotations
 
@@ -16,45 +19,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from backend.device import Placement, matmul_precision, set_threads, training_placement
-from backend.dropout import use_fast_dropout
-from backend.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
-from backend.metrics import Scores, score_tags
-from backend.predict import Predictor
-from backend.spans import Example, has_entities
-from backend.splits import split_examples
-
-
-@dataclass
-class TrainingConfig:
-    """The training recipe. Defaults are the project's default recipe (see bench/README.md for the evidence)."""
-
-    base_model: str = "distilbert-base-uncased"  # hub id or local folder, loaded with from_pretrained
-    epochs: int | None = None  # None: `default_epochs`, raised on small data until `min_steps` optimizer steps
-    lr: float = 3e-4  # peak learning rate of the linear warm-up / linear decay schedule
-    batch_size: int | None = None  # None: 32, or `small_data_batch_size` below `small_data_size` training windows
-    small_data_batch_size: int = 16
-    max_batch_tokens: int | None = 768  # cap on a batch's padded size (texts x longest subwords): bounds a step's memory
-    small_data_size: int = 2000
-    max_length: int = 128  # subwords per window, special tokens included; longer texts become overlapping windows
-    seed: int = 42  # set before the classifier head is created, so a run is reproducible
-    device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto", "fp32", "bf32", "bf16", "fp16" (see backend.device.training_placement)
-    validation_fraction: float = 0.1  # carved from the examples when no validation set is given
-    early_stopping_patience: int = 3  # stop after this many epochs without a better F1 (0: never), once past min_steps
-    threads: int | None = None  # torch intra-op threads; None = PyTorch's default
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    default_epochs: int = 5
-    min_steps: int = 300  # small data needs many optimizer steps to learn at all (../shared/baseline.md)
-    max_epochs: int = 40  # upper bound for the automatic epoch count on tiny data
-    freeze_embeddings: bool = True  # keep the embedding block fixed: no dense update of the vocabulary matrix
-    dropout: float | None = None  # probability for every dropout of the model (None: the model's own)
-    # Keep the lowest N transformer layers fixed: no backward pass through them. Faster (2 of 6 layers: +32%
-    # samples/s) but it cost full-data F1 over three seeds (0.793 vs 0.801 mean), so the default trains every layer.
-    frozen_layers: int = 0
-    head_lr: float | None = None  # learning rate of the new classifier head (None: `lr`)
-    eval_batch_size: int = 64
+from backend.model.config import TrainingConfig
+from backend.model.device import Placement, matmul_precision, set_threads, training_placement
+from backend.model.dropout import use_fast_dropout
+from backend.model.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
+from backend.model.metrics import Scores, score_tags
+from backend.model.predict import Predictor
+from backend.data.spans import Example, has_entities
+from backend.data.splits import split_examples
 
 
 @dataclass
@@ -69,10 +41,43 @@ class TrainingProgress:
 
 @dataclass
 class TrainingResult:
-    """The saved version's folder and the metrics record written there as metrics.json."""
+    """What a training run made: the saved version's folder, the scores that picked its epoch, and how the run
+    went. ``record()`` is what is written there as metrics.json.
+
+    ``selection_scores`` are the best epoch's scores on the part that chose it (``scored_on`` says which; None when
+    nothing could be scored). A version in the model store is judged by its manifest's scores instead, on the
+    project's validation tasks.
+    """
 
     model_dir: Path
-    metrics: dict = field(default_factory=dict)
+    selection_scores: Scores | None
+    scored_on: str
+    train_size: int
+    validation_size: int
+    train_windows: int
+    epochs_planned: int
+    epochs_run: int
+    best_epoch: int
+    optimizer_steps: int
+    batch_size: int
+    train_time_s: float
+    total_time_s: float
+    samples_per_s: float | None  # windows per second of training wall time, per-epoch validation included
+    history: list[dict]
+    config: TrainingConfig
+    device: str
+    precision: str
+    precision_reason: str
+    threads: int
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+
+    def record(self) -> dict:
+        """The JSON of metrics.json."""
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "model_dir"}
+        record["selection_scores"] = self.selection_scores.to_dict() if self.selection_scores else None
+        record["config"] = asdict(self.config)
+        return record
 
 
 def library_versions() -> dict[str, str]:
@@ -189,6 +194,40 @@ def carve_validation(examples: Sequence[Example], fraction: float) -> tuple[list
     return split_examples(((example.text, example) for example in examples), fraction)
 
 
+@dataclass
+class _Data:
+    """The examples a run trains on, the ones that pick its best epoch (maybe none), and which those are."""
+
+    train_set: list[Example]
+    validation: list[Example]
+    scored_on: str
+
+
+@dataclass
+class _Plan:
+    """Every epoch's batches, drawn before the first step, so the step count (and with it the learning-rate
+    schedule and the progress total) is exact, batches split by the token cap included."""
+
+    batch_size: int
+    epoch_batches: list[list[list[int]]]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(len(batches) for batches in self.epoch_batches)
+
+
+@dataclass
+class _Fit:
+    """How the epochs went: per-epoch records, the best epoch and its scores, steps and windows seen."""
+
+    history: list[dict]
+    best_epoch: int
+    best_scores: Scores | None
+    steps: int
+    windows_seen: int
+    train_time: float
+
+
 def train_model(
     examples: Sequence[Example],
     bio_labels: Sequence[str],
@@ -203,37 +242,78 @@ def train_model(
     it. Without ``validation`` a deterministic part of ``examples`` is held out for choosing the epoch. Only
     ``out_dir`` is written: model.safetensors, config.json (id2label), tokenizer files and metrics.json.
     """
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     started = time.perf_counter()
     set_threads(config.threads)
     bio_labels = list(bio_labels)
-    validation_given = validation is not None
-    if validation is None:
-        train_set, validation = carve_validation(examples, config.validation_fraction)
+    data = _choose_data(examples, validation, config)
+    train_labels = _label_ids(data.train_set, bio_labels)
+    placement = training_placement(config.device, config.precision)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    windows = encode_word_lists(tokenizer, [e.tokens for e in data.train_set], config.max_length)
+    window_labels = [train_labels[w.sentence] for w in windows]
+    model = _build_model(config, bio_labels, placement)
+    plan = _plan(config, windows)
+    fit = _fit(model, tokenizer, windows, window_labels, data.validation, plan, config, placement, progress, started)
+    _save(model, tokenizer, config, out_dir)
+    result = TrainingResult(
+        model_dir=Path(out_dir),
+        selection_scores=fit.best_scores,
+        scored_on=data.scored_on,
+        train_size=len(data.train_set),
+        validation_size=len(data.validation),
+        train_windows=len(windows),
+        epochs_planned=len(plan.epoch_batches),
+        epochs_run=len(fit.history),
+        best_epoch=fit.best_epoch,
+        optimizer_steps=fit.steps,
+        batch_size=plan.batch_size,
+        train_time_s=round(fit.train_time, 3),
+        total_time_s=round(time.perf_counter() - started, 3),
+        samples_per_s=round(fit.windows_seen / fit.train_time, 3) if fit.train_time > 0 else None,
+        history=fit.history,
+        config=config,
+        device=str(placement.device),
+        precision=placement.precision,
+        precision_reason=placement.reason,
+        threads=torch.get_num_threads(),
+        versions=library_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(result.record(), indent=2) + "\n")
+    return result
+
+
+def _choose_data(examples: Sequence[Example], validation: Sequence[Example] | None, config: TrainingConfig) -> _Data:
+    """The training set and the examples that pick the best epoch: ``validation`` when given, else a part carved
+    from ``examples``. A part without entities picks nothing (every epoch would score 0 on it, so "the best" would
+    be the first, barely trained one): the last epoch is kept, and a carved part goes back into training (its texts
+    still teach what is not an entity)."""
+    given = validation is not None
+    if given:
+        train_set, validation = list(examples), list(validation)
     else:
-        train_set = list(examples)
-    scored_on = "the given validation set" if validation_given else "validation carved from the training data"
+        train_set, validation = carve_validation(examples, config.carve_fraction)
+    scored_on = "the given validation set" if given else "validation carved from the training data"
     if not validation:
         scored_on = "nothing: there is no validation set, so the last epoch is kept"
     elif not has_entities(validation):
-        # Every epoch would score F1 0 on it, so "the best epoch" would be the first, barely trained one. Keep the
-        # last epoch instead; a carved part goes back into training (its texts still teach what is not an entity).
-        scored_on = ("nothing: the given validation set has no entities, so the last epoch is kept" if validation_given
+        scored_on = ("nothing: the given validation set has no entities, so the last epoch is kept" if given
                      else "nothing: the carved validation part had no entities, so it was trained on and the last "
                           "epoch is kept")
-        if not validation_given:
+        if not given:
             train_set = list(examples)
         validation = []
     train_set = [e for e in train_set if e.words]
     if not train_set:
         raise ValueError("no training examples with words: annotate some texts first")
-    train_labels = _label_ids(train_set, bio_labels)
+    return _Data(train_set, validation, scored_on)
 
-    placement = training_placement(config.device, config.precision)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    windows = encode_word_lists(tokenizer, [e.tokens for e in train_set], config.max_length)
-    window_labels = [train_labels[w.sentence] for w in windows]
+
+def _build_model(config: TrainingConfig, bio_labels: list[str], placement: Placement):
+    """The base model with a new classifier head over ``bio_labels``, placed, its fixed parts frozen."""
+    from transformers import AutoModelForTokenClassification
 
     # The seed goes first: from_pretrained draws the new classifier head from torch's generator.
     random.seed(config.seed)
@@ -248,18 +328,27 @@ def train_model(
     _freeze(model, config)
     _set_dropout(model, config.dropout)
     if placement.device.type == "cpu":
-        use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/dropout.py)
+        use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/model/dropout.py)
+    return model
 
+
+def _plan(config: TrainingConfig, windows: Sequence) -> _Plan:
     batch_size = config.batch_size or default_batch_size(config, len(windows))
-    # Every epoch's batches are drawn before the first step, so the step count (and with it the learning-rate
-    # schedule and the progress total) is exact, batches split by the token cap included.
     rng = random.Random(config.seed)
     lengths = [len(w.input_ids) for w in windows]
     epoch_batches = [length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens)]
     epochs = planned_epochs(config, len(epoch_batches[0]))
     epoch_batches += [length_grouped_batches(lengths, batch_size, rng, max_tokens=config.max_batch_tokens)
                       for _ in range(1, epochs)]
-    total_steps = sum(len(batches) for batches in epoch_batches)
+    return _Plan(batch_size, epoch_batches)
+
+
+def _fit(model, tokenizer, windows, window_labels, validation: list[Example], plan: _Plan, config: TrainingConfig,
+         placement: Placement, progress: Callable[[TrainingProgress], None] | None, started: float) -> _Fit:
+    """The epochs: optimizer steps over the planned batches, each epoch scored on ``validation`` (when there is
+    one) and the best epoch's weights kept in memory and loaded back at the end; early stopping once past
+    ``min_steps``."""
+    total_steps = plan.total_steps
     optimizer = _optimizer(model, config, placement)
     scheduler = _schedule(optimizer, total_steps, config.warmup_ratio)
     scaler = torch.amp.GradScaler("cuda") if placement.precision == "fp16" else None
@@ -271,7 +360,7 @@ def train_model(
     step, windows_seen = 0, 0
     train_started = time.perf_counter()
     with matmul_precision(placement):  # bf32: the matrix multiplies on the CPU's bf16 units
-        for epoch, batches in enumerate(epoch_batches, start=1):
+        for epoch, batches in enumerate(plan.epoch_batches, start=1):
             model.train()
             loss_sum, loss_count = 0.0, 0
             for batch_indices in batches:
@@ -323,6 +412,11 @@ def train_model(
         model.load_state_dict(best_state, strict=False)
     else:
         best_epoch = len(history)
+    return _Fit(history, best_epoch, best_scores, step, windows_seen, train_time)
+
+
+def _save(model, tokenizer, config: TrainingConfig, out_dir: Path) -> None:
+    """Weights (fp32, on the CPU), config.json with the label map, and the tokenizer, into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.device("cpu"), dtype=torch.float32)
@@ -332,42 +426,29 @@ def train_model(
     tokenizer.model_max_length = config.max_length
     tokenizer.save_pretrained(out_dir)
 
-    metrics = {
-        "overall": best_scores.to_dict()["overall"] if best_scores else None,
-        "per_entity": best_scores.to_dict()["per_entity"] if best_scores else {},
-        "scored_on": scored_on,
-        "train_size": len(train_set),
-        "validation_size": len(validation or []),
-        "train_windows": len(windows),
-        "epochs_planned": epochs,
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "optimizer_steps": step,
-        "batch_size": batch_size,
-        "train_time_s": round(train_time, 3),
-        "total_time_s": round(time.perf_counter() - started, 3),
-        # Sentences (windows) processed per second of training wall time, per-epoch validation included.
-        "samples_per_s": round(windows_seen / train_time, 3) if train_time > 0 else None,
-        "history": history,
-        "bio_labels": bio_labels,
-        "config": asdict(config),
-        "device": str(placement.device),
-        "precision": placement.precision,
-        "precision_reason": placement.reason,
-        "threads": torch.get_num_threads(),
-        "versions": library_versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return TrainingResult(out_dir, metrics)
-
 
 def _score(predictor: Predictor, examples: Sequence[Example]) -> Scores:
     predicted = predictor.predict_tags([e.tokens for e in examples])
     return score_tags([e.tags for e in examples], predicted)
 
 
-def evaluate_model(model_dir: Path | Predictor, examples: Sequence[Example]) -> Scores:
-    """Word-level scores of a saved version (or a loaded Predictor) on gold examples."""
+def evaluate_model(
+    model_dir: Path | Predictor,
+    examples: Sequence[Example],
+    chunk: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Scores:
+    """Word-level scores of a saved version (or a loaded Predictor) on gold examples.
+
+    With ``chunk``, the examples are predicted ``chunk`` at a time and ``progress(done, total)`` is called after
+    each (the CLI's progress bar); without, in one call.
+    """
     predictor = model_dir if isinstance(model_dir, Predictor) else Predictor.load(model_dir)
-    return _score(predictor, examples)
+    if chunk is None:
+        return _score(predictor, examples)
+    predicted: list[list[str]] = []
+    for at in range(0, len(examples), chunk):
+        predicted.extend(predictor.predict_tags([e.tokens for e in examples[at:at + chunk]]))
+        if progress is not None:
+            progress(len(predicted), len(examples))
+    return score_tags([e.tags for e in examples], predicted)

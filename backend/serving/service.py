@@ -1,0 +1,266 @@
+"""The ML backend's domain logic without HTTP: per-project state, predictions, webhooks, versions and status.
+
+``NerService`` is what the Flask routes call. It holds a ``ModelCache`` (which model answers) and a job queue
+whose jobs run ``backend.serving.training_run`` in a child process; it never trains itself.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from backend.data.schema import LabelConfigError, LabelSchema, parse_label_config
+from backend.data.tasks import spans_to_results
+from backend.serving.jobs import JobQueue
+from backend.serving.model_cache import UNTRAINED, ModelCache, load_predictor
+from backend.serving.report import report_page
+from backend.serving.settings import Settings
+from backend.serving.store import ModelStore
+from backend.serving.training_run import run_training_job
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "NerBackend"
+TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"}
+START_TRAINING = "START_TRAINING"
+
+
+class RequestError(ValueError):
+    """A request body the backend cannot use; the message says what is wrong (answered with HTTP 400)."""
+
+
+def project_id(value: Any) -> str:
+    """The Label Studio project id from ``"<id>.<created epoch>"`` (as /setup and /predict send it), an int,
+    or a webhook's project object.
+
+    >>> project_id("12.1718000000"), project_id(12), project_id({"id": 12, "title": "x"})
+    ('12', '12', '12')
+    """
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        raise RequestError("no project id: expected \"<id>.<timestamp>\", an integer, or an object with \"id\"")
+    text = str(value).strip().split(".", 1)[0]
+    if not text.isdigit():
+        raise RequestError(f"project {value!r} is not a Label Studio project id like \"12.1718000000\"")
+    return str(int(text))
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_of(label_config: str) -> LabelSchema:
+    return parse_label_config(label_config)
+
+
+@dataclass
+class ProjectState:
+    """What the server remembers about a project between requests (in memory; /setup refills it)."""
+
+    label_config: str | None = None
+    hostname: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    annotations_since_training: int = 0
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    action: str
+    project: str | None
+    decision: str
+
+
+class NerService:
+    """Per-project predictions, training triggers, versions and status for the HTTP layer.
+
+    ``store``, ``jobs`` and ``load_predictor`` may be replaced (tests); by default they come from ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore | None = None,
+        jobs: JobQueue | None = None,
+        load_predictor: Callable[[Path], Any] = load_predictor,
+    ):
+        self.settings = settings
+        self.store = store or ModelStore(settings.model_dir)
+        self.jobs = jobs or JobQueue(functools.partial(run_training_job, settings), self.store.root / ".jobs",
+                                     nice=settings.train_nice)
+        self.models = ModelCache(self.store, settings.start_model, load_predictor)
+        self._lock = threading.Lock()
+        self._projects: dict[str, ProjectState] = {}
+        self._warned: set[str] = set()
+        removed = self.store.clean_temporary()
+        if removed:
+            log.info("removed %d unfinished training folder(s) left by an earlier run", len(removed))
+
+    # --- per-project state --------------------------------------------------------------------------------
+    def _state(self, project: str) -> ProjectState:
+        with self._lock:
+            return self._projects.setdefault(project, ProjectState())
+
+    def _schema(self, project: str, label_config: str | None) -> LabelSchema | None:
+        xml = label_config or self._state(project).label_config
+        if not xml:
+            return None
+        try:
+            return _schema_of(xml)
+        except LabelConfigError as error:
+            self._warn_once(f"config-{project}", "project %s: label config not usable for NER: %s", project, error)
+            return None
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    # --- protocol -----------------------------------------------------------------------------------------
+    def setup(self, body: dict) -> dict:
+        """/setup: remember the project's config and Label Studio address; answer its current version."""
+        if not isinstance(body, dict):
+            raise RequestError("the /setup body must be a JSON object")
+        project = project_id(body.get("project"))
+        state = self._state(project)
+        if isinstance(body.get("schema"), str) and body["schema"].strip():
+            state.label_config = body["schema"]
+        if isinstance(body.get("hostname"), str) and body["hostname"].strip():
+            state.hostname = body["hostname"].strip().rstrip("/")
+        if isinstance(body.get("access_token"), str) and body["access_token"].strip():
+            state.access_token = body["access_token"].strip()
+        self.models.prefetch(project)
+        return {"model_version": self.models.version_name(project, self._schema(project, None))}
+
+    def predict(self, body: dict) -> list[dict]:
+        """/predict: one ``{"result", "score", "model_version"}`` per task, in the order of ``body["tasks"]``."""
+        if not isinstance(body, dict):
+            raise RequestError("the /predict body must be a JSON object with \"tasks\" and \"project\"")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise RequestError("the /predict body needs \"tasks\": a list of task objects")
+        project = project_id(body.get("project"))
+        label_config = body.get("label_config") if isinstance(body.get("label_config"), str) else None
+        schema = self._schema(project, label_config)
+        model = self.models.serving(project, schema) if schema is not None else None
+        if model is None:
+            version = self.models.version_name(project, schema) if schema is not None else UNTRAINED
+            return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
+        texts = [_task_text(task, schema) for task in tasks]
+        with model.lock:
+            predictions = model.predictor.predict(texts)
+        if len(predictions) != len(tasks):
+            raise RuntimeError(f"the predictor returned {len(predictions)} predictions for {len(tasks)} tasks")
+        return [
+            {
+                "result": spans_to_results(prediction.spans, schema),
+                "score": round(float(prediction.score), 4),
+                "model_version": model.version,
+            }
+            for prediction in predictions
+        ]
+
+    def handle_webhook(self, body: Any) -> WebhookOutcome:
+        """/webhook: decide whether to start training; never raises and never does slow work."""
+        if not isinstance(body, dict):
+            return WebhookOutcome("", None, "ignored: the body is not a JSON object")
+        action = str(body.get("action") or "")
+        if action != START_TRAINING and action not in TRAIN_ACTIONS:
+            return WebhookOutcome(action, None, "ignored")
+        try:
+            project = project_id(body.get("project"))
+        except RequestError:
+            return WebhookOutcome(action, None, "ignored: no project id")
+        state = self._state(project)
+        if action == START_TRAINING:
+            return WebhookOutcome(action, project, self._start_training(project, state))
+        annotation = body.get("annotation")
+        if action == "ANNOTATION_CREATED" and isinstance(annotation, dict) and annotation.get("was_cancelled"):
+            # a skipped task: training never uses cancelled annotations, so it is no reason to train again
+            return WebhookOutcome(action, project, "ignored: a skipped task (cancelled annotation)")
+        with self._lock:
+            state.annotations_since_training += 1
+            count = state.annotations_since_training
+        threshold = self.settings.train_every_n
+        if threshold and count >= threshold:
+            return WebhookOutcome(action, project, self._start_training(project, state))
+        return WebhookOutcome(action, project, f"counted: {count} of {threshold or 'off'} new annotations")
+
+    def _start_training(self, project: str, state: ProjectState) -> str:
+        with self._lock:
+            state.annotations_since_training = 0
+        # Only the address and token Label Studio gave in /setup travel to the child (through a pipe, never
+        # a file); the child prefers LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY from the settings.
+        payload = {"hostname": state.hostname, "access_token": state.access_token}
+        return self.jobs.trigger(project, payload)
+
+    def _annotations_since_training(self, project: str) -> int:
+        with self._lock:  # read only: a status query must not create a project
+            state = self._projects.get(project)
+        return state.annotations_since_training if state is not None else 0
+
+    # --- reading ------------------------------------------------------------------------------------------
+    def projects(self) -> list[str]:
+        with self._lock:
+            known = set(self._projects)
+        known |= set(self.store.projects()) | set(self.jobs.projects())
+        return sorted(known, key=lambda p: (len(p), p))
+
+    def project_status(self, project: str) -> dict[str, Any]:
+        job = self.jobs.status(project).to_dict()
+        job.pop("project", None)
+        return {
+            "current_version": self.store.current(project),
+            "training": job.pop("running"),
+            "annotations_since_training": self._annotations_since_training(project),
+            **job,
+        }
+
+    def status(self, project: str | None = None) -> dict[str, Any]:
+        """/status: per project, the current version, whether training runs, its progress, the last error."""
+        projects = [project_id(project)] if project is not None else self.projects()
+        return {
+            "train_every_n": self.settings.train_every_n,
+            "projects": {p: self.project_status(p) for p in projects},
+        }
+
+    def versions(self, project: str) -> dict[str, Any]:
+        """/versions: the project's version names (what Label Studio reads) and their details."""
+        project = project_id(project)
+        details = [info.to_dict() for info in self.store.versions(project)]
+        return {
+            "project": project,
+            "current": self.store.current(project),
+            "versions": [d["version"] for d in details],
+            "details": details,
+        }
+
+    def all_versions(self) -> dict[str, Any]:
+        """/versions without a project (Label Studio 1.23 asks so: its GET carries no body): every project's
+        versions, named ``<project>/<version>`` when several projects have some, so no two look alike."""
+        per_project = {p: self.versions(p) for p in self.store.projects()}
+        with_versions = [p for p, listing in per_project.items() if listing["versions"]]
+        if len(with_versions) <= 1:
+            names = [v for p in with_versions for v in per_project[p]["versions"]]
+        else:
+            names = [f"{p}/{v}" for p in with_versions for v in per_project[p]["versions"]]
+        return {"versions": names, "projects": per_project}
+
+    def report(self, project: str) -> str:
+        """/report: the project's HTML report page."""
+        project = project_id(project)
+        manifests = [m for name in self.store.version_names(project) if (m := self.store.manifest(project, name))]
+        return report_page(project, manifests, self.store.current(project), self.project_status(project))
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "UP", "model_class": MODEL_CLASS}
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown()
+
+
+def _task_text(task: Any, schema: LabelSchema) -> str:
+    """The text a task holds under the config's data key; "" (no suggestions) when it has none."""
+    data = task.get("data") if isinstance(task, dict) else None
+    text = data.get(schema.data_key) if isinstance(data, dict) else None
+    return text if isinstance(text, str) else ""

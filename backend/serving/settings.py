@@ -1,0 +1,145 @@
+"""The backend's settings, read once from environment variables into one frozen object.
+
+Names follow Label Studio's own ML backends (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...); the README lists them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from backend.model.config import (
+    BOOLEAN, DEFAULT_BASE_MODEL, FRACTION, NOT_NEGATIVE, POSITIVE, Check, KnobError, RecipeOverrides, TrainingConfig,
+    from_environment,
+)
+
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the backend cannot use; the message names the variable."""
+
+
+def _text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip()
+
+
+def _parse(environ: Mapping[str, str], name: str, check: Check, default: Any) -> Any:
+    value = _text(environ, name)
+    if value is None:
+        return default
+    try:
+        return check.parse(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}={value!r} is not valid: expected {check.expects}") from None
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError(value)
+    return number
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(value)
+    return value.rstrip("/")
+
+
+PORT = Check(_port, "a port number (1-65535)")
+URL = Check(_url, "an http(s):// URL")
+
+
+def _unwritable_folder(path: Path) -> str | None:
+    """Why ``path`` cannot hold model versions (None when it can), without creating anything: it must be a
+    writable folder, or be creatable inside the nearest existing one."""
+    if path.exists():
+        if not path.is_dir():
+            return "is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this process cannot write to"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend is configured with. Build it with ``Settings.from_env(os.environ)``.
+
+    Secrets (API key, basic-auth password) are kept out of ``repr`` so that logging the settings is safe.
+    """
+
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = field(default=None, repr=False)
+    model_dir: Path = Path("models")
+    base_model: str = DEFAULT_BASE_MODEL
+    start_model: Path | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 9090
+    threads: int = 8
+    backend_url: str | None = None
+    train_every_n: int = 10
+    promote_if_not_worse: bool = True
+    report_to_label_studio: bool = True
+    validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
+    max_request_bytes: int = 64 * 1024 * 1024
+    train_nice: int = 10
+    training: RecipeOverrides = RecipeOverrides()  # TRAIN_<KNOB> for every TrainingConfig knob
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
+
+    def training_config(self) -> TrainingConfig:
+        """The recipe a training run uses: BASE_MODEL and the TRAIN_* knobs that are set, over the defaults."""
+        return self.training.config(self.base_model)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the settings; an unusable value raises ``SettingsError`` naming the variable and what it expects."""
+        env = os.environ if environ is None else environ
+        user, password = _text(env, "BASIC_AUTH_USER"), _text(env, "BASIC_AUTH_PASS")
+        if bool(user) != bool(password):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (or neither)")
+        start_model = _text(env, "START_MODEL")
+        if start_model is not None and not Path(start_model).is_dir():
+            raise SettingsError(f"START_MODEL={start_model!r} is not a folder; give a saved model version folder or unset it")
+        model_dir = Path(_text(env, "MODEL_DIR", "models"))
+        problem = _unwritable_folder(model_dir)
+        if problem:
+            raise SettingsError(f"MODEL_DIR={str(model_dir)!r} {problem}; model versions are stored there")
+        try:
+            training = from_environment(env)
+        except KnobError as error:
+            raise SettingsError(str(error)) from None
+        return cls(
+            label_studio_url=_parse(env, "LABEL_STUDIO_URL", URL, None),
+            label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
+            model_dir=model_dir,
+            base_model=_text(env, "BASE_MODEL", cls.base_model),
+            start_model=Path(start_model) if start_model else None,
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            host=_text(env, "HOST", cls.host),
+            port=_parse(env, "PORT", PORT, cls.port),
+            threads=_parse(env, "THREADS", POSITIVE, cls.threads),
+            backend_url=_parse(env, "BACKEND_URL", URL, None),
+            train_every_n=_parse(env, "TRAIN_EVERY_N", Check(NOT_NEGATIVE.parse, "a whole number >= 0 (0 = off)"),
+                                 cls.train_every_n),
+            promote_if_not_worse=_parse(env, "PROMOTE_IF_NOT_WORSE", BOOLEAN, cls.promote_if_not_worse),
+            report_to_label_studio=_parse(env, "REPORT_TO_LABEL_STUDIO", BOOLEAN, cls.report_to_label_studio),
+            validation_fraction=_parse(env, "VALIDATION_FRACTION", FRACTION, cls.validation_fraction),
+            max_request_bytes=_parse(env, "MAX_REQUEST_BYTES", Check(POSITIVE.parse, "a number of bytes >= 1"),
+                                     cls.max_request_bytes),
+            train_nice=_parse(env, "TRAIN_NICE", NOT_NEGATIVE, cls.train_nice),
+            training=training,
+        )

@@ -1,0 +1,221 @@
+"""One training run of a project: fetch -> convert -> split -> train -> evaluate candidate and current -> decide
+-> commit (and promote) -> report back. The body of every training job; the HTTP service never imports it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from backend.data.formats import keyed_tasks_to_examples
+from backend.data.schema import LabelSchema, parse_label_config
+from backend.data.spans import ConversionReport, Example, has_entities
+from backend.data.splits import split_examples
+from backend.data.tasks import choose_annotation
+from backend.model.metrics import Scores
+from backend.serving.jobs import ProgressCallback
+from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
+from backend.serving.model_cache import fits, start_version
+from backend.serving.report import failure_block, failure_description, instruction_block, ml_description
+from backend.serving.settings import Settings
+from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
+
+log = logging.getLogger(__name__)
+
+MIN_TRAINING_TASKS = 2
+
+
+class TrainingDataError(RuntimeError):
+    """The project has too little usable annotated data to train; the message says what to do."""
+
+
+def credentials_for(settings: Settings, payload: dict) -> Credentials:
+    """LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY, each falling back to what /setup sent (hostname, access_token)."""
+    url = settings.label_studio_url or (payload or {}).get("hostname")
+    key = settings.label_studio_api_key or (payload or {}).get("access_token")
+    if not url or not key:
+        raise LabelStudioError(
+            "no Label Studio credentials: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY for the backend, "
+            "or let Label Studio call /setup first (open the project's Model settings)"
+        )
+    return Credentials(url.rstrip("/"), key)
+
+
+def run_training_job(settings: Settings, project: str, payload: dict, progress: ProgressCallback) -> dict[str, Any]:
+    """The training child's entry: build the Label Studio client and the store, run ``train_project``; on
+    failure, report the error into the project like a result (the previous model keeps serving)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [training] %(name)s: %(message)s")
+    # the SDK's client logs every request, including the 404 that ends its paging; keep only problems
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    store = ModelStore(settings.model_dir)
+    backend_auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    client = LabelStudioClient(credentials_for(settings, payload), backend_auth=backend_auth)
+    try:
+        return train_project(settings, project, client, store, progress)
+    except Exception as error:
+        if settings.report_to_label_studio:
+            message = f"{type(error).__name__}: {error}"
+            when = utc_now()
+            _report_back(settings, client, int(project), failure_block(message, store.current(project), when),
+                         failure_description(message, store.current(project), when))
+        raise
+
+
+def train_project(
+    settings: Settings,
+    project: str,
+    client: ProjectClient,
+    store: ModelStore,
+    progress: ProgressCallback | None = None,
+    train_fn: Callable | None = None,
+    evaluate_fn: Callable | None = None,
+) -> dict[str, Any]:
+    """One training run: fetch -> convert -> split -> train -> evaluate candidate and current -> keep the
+    version, promote it if not worse -> report back. Returns a summary (JSON-able)."""
+    if train_fn is None or evaluate_fn is None:
+        from backend.model.train import evaluate_model, train_model
+
+        train_fn, evaluate_fn = train_fn or train_model, evaluate_fn or evaluate_model
+    progress = progress or (lambda *args, **kwargs: None)
+    project_number = int(project)
+
+    progress("fetching")
+    schema = parse_label_config(client.label_config(project_number))
+    tasks = client.annotated_tasks(project_number)
+    keyed = _convert(project, tasks, schema)
+    train_examples, validation_examples = split_examples(keyed, settings.validation_fraction)
+
+    progress("training", step=0, total_steps=0)
+    config = settings.training_config()
+    temporary = store.new_temporary_dir(project)
+    committed = False
+    try:
+        started = time.monotonic()
+
+        def on_progress(p) -> None:
+            progress("training", step=p.step, total_steps=p.total_steps, epoch=p.epoch)
+
+        # Training picks its best epoch on a carve of its own: the project's validation split stays unseen, so
+        # the candidate and the current model are compared on equal terms.
+        result = train_fn(train_examples, schema.bio_labels, config, temporary, progress=on_progress)
+        seconds = time.monotonic() - started
+        if Path(result.model_dir).resolve() != temporary.resolve():
+            raise RuntimeError(f"training saved the model in {result.model_dir}, expected {temporary}")
+
+        progress("evaluating")
+        previous = _previous_model(settings, store, project, schema)
+        scores, previous_scores = _evaluate_both(project, temporary, previous, validation_examples, evaluate_fn)
+        by_id = {task.get("id"): task for task in tasks}
+        manifest = Manifest(
+            project=project,
+            base_model=settings.base_model,
+            labels=list(schema.labels),
+            task_ids=[key for key, _ in keyed],
+            annotation_ids=[(choose_annotation(by_id.get(key) or {}) or {}).get("id") for key, _ in keyed],
+            train_size=len(train_examples),
+            validation_size=len(validation_examples),
+            training_seconds=round(seconds, 1),
+            settings={"training": _json_safe(asdict(config)), "validation_fraction": settings.validation_fraction,
+                      "promote_if_not_worse": settings.promote_if_not_worse},
+            scores=scores,
+            previous_version=previous[0] if previous else None,
+            previous_scores=previous_scores,
+        )
+        current = store.current(project)
+        manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
+        version = store.commit(project, temporary, manifest)
+        committed = True
+        if manifest.promoted:
+            store.promote(project, version)
+        log.info("project %s: trained %s (F1 %s); %s", project, version, manifest.f1, manifest.decision)
+    finally:
+        if not committed:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+    if settings.report_to_label_studio:
+        progress("reporting")
+        _report_back(settings, client, project_number, instruction_block(manifest), ml_description(manifest))
+    return {"version": version, "promoted": manifest.promoted, "f1": manifest.f1,
+            "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
+            "train_size": manifest.train_size, "validation_size": manifest.validation_size,
+            "decision": manifest.decision}
+
+
+def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:
+    """``(task id, example)`` of every usable annotated task; too few of them is a ``TrainingDataError``."""
+    conversion = ConversionReport()
+    keyed = keyed_tasks_to_examples(tasks, schema, conversion)
+    if conversion:
+        log.info("project %s: conversion notes: %s", project, conversion.summary())
+    if len(keyed) < MIN_TRAINING_TASKS:
+        raise TrainingDataError(
+            f"project {project} has {len(keyed)} usable annotated task(s) of {len(tasks)} fetched; at least "
+            f"{MIN_TRAINING_TASKS} are needed. Annotate more tasks, then start training again."
+            + (f" Conversion notes: {conversion.summary()}" if conversion else "")
+        )
+    return keyed
+
+
+def _previous_model(settings: Settings, store: ModelStore, project: str, schema: LabelSchema) -> tuple[str, Path] | None:
+    """The model serving before this run (current version, else a fitting start model) for the comparison; None
+    when there is none, or when the current version no longer fits the config (a label renamed or removed): it
+    cannot serve, so it cannot hold back a candidate that can."""
+    current = store.current(project)
+    if current is not None:
+        folder = store.version_dir(project, current)
+        return (current, folder) if fits(model_labels(folder), schema) else None
+    if settings.start_model is not None and fits(model_labels(settings.start_model), schema):
+        return start_version(settings.start_model), settings.start_model
+    return None
+
+
+def _evaluate_both(project: str, candidate: Path, previous: tuple[str, Path] | None, validation: list[Example],
+                   evaluate_fn: Callable) -> tuple[Scores | None, Scores | None]:
+    """The candidate's and the previous model's scores on the same validation tasks. Tasks without any entity
+    score F1 0 for every model: no scores then, rather than a misleading 0."""
+    if not has_entities(validation):
+        return None, None
+    scores = evaluate_fn(candidate, validation)
+    previous_scores = None
+    if previous is not None:
+        try:
+            previous_scores = evaluate_fn(previous[1], validation)
+        except Exception:  # noqa: BLE001 - an unreadable old model must not block a new one
+            log.exception("project %s: could not evaluate %s; promoting the new version", project, previous[0])
+    return scores, previous_scores
+
+
+def _decide(settings: Settings, manifest: Manifest, unfit_current: str | None = None) -> tuple[bool, str]:
+    """Whether the new version is promoted, and why. ``unfit_current``: the serving version when it no longer fits
+    the label config (it cannot serve, so it holds nothing back)."""
+    if unfit_current is not None:
+        return True, f"promoted: {unfit_current} does not fit the label config any more, so it cannot serve"
+    if not settings.promote_if_not_worse:
+        return True, "promoted (PROMOTE_IF_NOT_WORSE is off)"
+    if manifest.previous_version is None:
+        return True, "promoted: first model of the project"
+    if manifest.f1 is None and manifest.validation_size:
+        return True, (f"promoted: no validation scores to compare (the {manifest.validation_size} validation "
+                      "task(s) have no entities)")
+    if manifest.f1 is None or manifest.previous_f1 is None:
+        return True, "promoted: no validation scores to compare"
+    if manifest.f1 >= manifest.previous_f1:
+        return True, f"promoted: F1 {manifest.f1:.3f} >= {manifest.previous_f1:.3f} of {manifest.previous_version}"
+    return False, f"kept {manifest.previous_version}: F1 {manifest.f1:.3f} < {manifest.previous_f1:.3f}"
+
+
+def _json_safe(data: dict) -> dict:
+    return json.loads(json.dumps(data, default=str))
+
+
+def _report_back(settings: Settings, client: ProjectClient, project: int, block: str, description: str) -> None:
+    """Write the scores into the project; a failure here is logged, never fatal (the version is already kept)."""
+    try:
+        client.write_instruction_block(project, block)
+        client.write_ml_description(project, description, settings.backend_url)
+    except Exception as error:  # noqa: BLE001
+        log.warning("project %s: could not write the report into Label Studio: %s", project, error)
