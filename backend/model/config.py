@@ -28,12 +28,11 @@ class Check:
 def _at_least(minimum: int | float, kind: type) -> Check:
     def parse(text: str):
         value = kind(text)
-        if value < minimum:
+        if not value >= minimum:  # NaN too
             raise ValueError(text)
         return value
 
-    words = "a whole number" if kind is int else "a number"
-    return Check(parse, f"{words} >= {minimum}" if minimum > 0 or kind is int else f"{words} >= 0")
+    return Check(parse, f"{'a whole number' if kind is int else 'a number'} >= {minimum}")
 
 
 def _fraction(text: str) -> float:
