@@ -178,8 +178,13 @@ def test_start_training_always_starts_and_carries_setups_credentials(client, par
     assert parts[1].triggers == [("3", {"hostname": "http://ls:8080", "access_token": "abc"})]
 
 
+def _set_up(client, project=PROJECT):
+    assert client.post("/setup", json={"project": project, "schema": CONFIG}).status_code == 200
+
+
 def test_every_nth_annotation_event_starts_training(client, parts):
-    actions = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "PROJECT_UPDATED", "ANNOTATION_DELETED",
+    _set_up(client)
+    actions = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "PROJECT_UPDATED", "ANNOTATIONS_DELETED",
                "ANNOTATION_CREATED", "ANNOTATION_CREATED"]
     for action in actions:
         assert client.post("/webhook", json={"action": action, "project": {"id": 3}}).status_code == 200
@@ -189,6 +194,7 @@ def test_every_nth_annotation_event_starts_training(client, parts):
 
 
 def test_a_skipped_task_does_not_count_towards_training(client, parts):
+    _set_up(client)
     skipped = {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 9, "was_cancelled": True}}
     for _ in range(3):
         assert "skipped" in client.post("/webhook", json=skipped).json["decision"]
@@ -197,6 +203,7 @@ def test_a_skipped_task_does_not_count_towards_training(client, parts):
 
 
 def test_start_training_resets_the_annotation_count(client, parts):
+    _set_up(client)
     client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}})
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
     client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}})
@@ -220,6 +227,7 @@ def test_the_webhook_returns_within_100_ms_while_a_real_training_child_starts(tm
 
     jobs = JobQueue(slow_run, tmp_path / "jobs")
     client = create_app(settings, NerService(settings, jobs=jobs)).test_client()
+    _set_up(client)
     try:
         started = time.perf_counter()
         answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
@@ -252,19 +260,22 @@ def _basic(user, password):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_basic_auth_protects_everything_but_health_and_webhook(settings, parts):
+def test_basic_auth_protects_everything_but_health(settings, parts):
+    # Label Studio sends Start Training with the ML backend's basic auth; a project webhook sends the headers it
+    # is given (README): with auth on, an unauthenticated webhook is refused like any other data route
     client = _client(replace(settings, basic_auth_user="ls", basic_auth_pass="pw"), parts)
     requests = [("post", "/predict", {"tasks": [], "project": PROJECT}), ("post", "/setup", {"project": PROJECT}),
-                ("get", "/versions?project=3", None), ("get", "/status", None), ("get", "/report?project=3", None)]
+                ("get", "/versions?project=3", None), ("get", "/status", None), ("get", "/report?project=3", None),
+                ("post", "/webhook", {"action": "START_TRAINING", "project": {"id": 3}})]
     for method, path, body in requests:
         assert getattr(client, method)(path, json=body).status_code == 401, path
         assert getattr(client, method)(path, json=body, headers=_basic("ls", "wrong")).status_code == 401, path
         assert getattr(client, method)(path, json=body, headers=_basic("ls", "pw")).status_code == 200, path
     assert client.get("/health").status_code == 200
-    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 3}}).status_code == 200
+    assert parts[1].triggers == [("3", {"hostname": None, "access_token": None})]  # the authenticated one
 
 
-PUBLIC_PATHS = {"/", "/health", "/webhook"}
+PUBLIC_PATHS = {"/", "/health"}
 
 
 def test_every_route_but_the_public_ones_refuses_a_request_without_credentials(settings, parts):
@@ -337,3 +348,29 @@ def test_setup_loads_the_current_model_in_the_background_once(client, parts):
         time.sleep(0.01)
     assert _predict(client, ["pizza"]).json["results"][0]["model_version"] == "v1"
     assert [p.name for p in loader.loaded] == ["v1"]
+
+
+def test_webhooks_for_projects_the_backend_does_not_know_change_nothing(client, parts):
+    for project in range(100, 160):
+        for action in ("START_TRAINING", "ANNOTATION_CREATED"):
+            answer = client.post("/webhook", json={"action": action, "project": {"id": project}})
+            assert answer.status_code == 200 and answer.json["decision"].startswith("ignored: unknown project")
+    assert parts[1].triggers == []
+    assert client.get("/status").json["projects"] == {}
+
+
+def test_a_project_label_studio_confirms_is_acted_on(settings, parts):
+    store, jobs, loader = parts
+    asked = []
+    service = NerService(settings, store=store, jobs=jobs, load_predictor=loader,
+                         confirm_project=lambda project: asked.append(project) or project == "7")
+    client = create_app(settings, service).test_client()
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}).json["decision"] == "started"
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 8}}).json["decision"].startswith(
+        "ignored")
+    assert asked == ["7", "8"] and [p for p, _ in jobs.triggers] == ["7"]
+
+
+def test_a_project_with_a_version_in_the_store_is_known_after_a_restart(client, parts):
+    add_version(parts[0], "5", ["Dish"])
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}}).json["decision"] == "started"

@@ -198,9 +198,10 @@ def test_the_project_id_comes_from_label_studios_project_key(value, expected):
     assert project_id(value) == expected
 
 
-@pytest.mark.parametrize("value", [None, "abc.123", {"title": "x"}, True, ""])
+@pytest.mark.parametrize("value", [None, "abc.123", {"title": "x"}, True, "", "²", "１２", "0", -3, "-3", 1.5,
+                                   "1" * 19, "9" * 5000, "12.abc", [12], {"id": "x"}, " 12 3", "12\x00"])
 def test_a_missing_or_malformed_project_id_is_rejected(value):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="project"):
         project_id(value)
 
 

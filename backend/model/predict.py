@@ -101,6 +101,12 @@ class Predictor:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return cls(model, tokenizer, placement, model_dir, decoding=decoding)
 
+    def count_subwords(self, texts: Sequence[str]) -> int:
+        """About how many subwords ``texts`` make (special tokens included): the size of a forward pass."""
+        if not texts:
+            return 0
+        return sum(len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"])
+
     def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
         """One ``TextPrediction`` per text, in order; spans carry exact character offsets into their text."""
         word_lists = [split_words(text) for text in texts]

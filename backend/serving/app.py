@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from backend.serving.batching import Overloaded
 from backend.serving.service import NerService, RequestError
 from backend.serving.settings import Settings
 
@@ -84,9 +85,10 @@ def predict():
     return jsonify({"results": _service().predict(_json_body())})
 
 
-# Label Studio's webhooks carry no credentials, so /webhook stays open (its body is only a trigger).
+# Label Studio sends Start Training (and "train on annotation submission") with the ML backend's basic auth; a
+# project webhook (annotation events) sends the headers it is given: with auth on, it needs an Authorization
+# header (README). Without auth, only projects the backend knows are acted on (NerService.handle_webhook).
 @bp.post("/webhook")
-@public
 def webhook():
     # Always 200 and always fast: Label Studio gives up after 1 s and a slow webhook blocks its request.
     try:
@@ -129,6 +131,12 @@ def _handle_request_error(error: RequestError):
     return _error(400, str(error))
 
 
+def _handle_overloaded(error: Overloaded):
+    response, status = _error(503, str(error))
+    response.headers["Retry-After"] = str(error.retry_after)
+    return response, status
+
+
 def _handle_http_error(error: HTTPException):
     if isinstance(error, RequestEntityTooLarge):
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
@@ -138,7 +146,8 @@ def _handle_http_error(error: HTTPException):
 
 def _handle_unexpected(error: Exception):
     log.exception("unexpected error in %s %s", request.method, request.path)
-    return _error(500, f"internal error: {type(error).__name__}: {error}")
+    # the message may name server paths (MODEL_DIR, a model folder): it goes to the log, not to the client
+    return _error(500, f"internal error ({type(error).__name__}); the backend's log has the details")
 
 
 def create_app(settings: Settings | None = None, service: NerService | None = None) -> Flask:
@@ -151,6 +160,7 @@ def create_app(settings: Settings | None = None, service: NerService | None = No
     app.extensions["ner_service"] = service or NerService(settings)
     app.register_blueprint(bp)
     app.register_error_handler(RequestError, _handle_request_error)
+    app.register_error_handler(Overloaded, _handle_overloaded)
     app.register_error_handler(HTTPException, _handle_http_error)
     app.register_error_handler(Exception, _handle_unexpected)
     return app

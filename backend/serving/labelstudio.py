@@ -168,3 +168,21 @@ class LabelStudioClient:
         self._call(f"updating ML backend {record.id} of project {project}", self._ls.ml.update,
                    id=record.id, url=record.url, project=project, description=description, **auth)
         return True
+
+
+CONFIRM_TIMEOUT_S = 0.8  # inside a webhook request, which Label Studio gives up on after 1 s
+
+
+def confirm_project_exists(settings: Any, project: str) -> bool:
+    """Whether the Label Studio of LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY has project ``project`` (False when
+    they are not set or it cannot be reached in time)."""
+    if not settings.label_studio_url or not settings.label_studio_api_key:
+        return False
+    try:
+        client = LabelStudioClient(Credentials(settings.label_studio_url, settings.label_studio_api_key),
+                                   timeout=CONFIRM_TIMEOUT_S)
+        client.label_config(int(project))
+        return True
+    except Exception as error:  # noqa: BLE001 - unknown, unreachable or refused: not confirmed
+        log.info("project %s not confirmed by Label Studio: %s", project, error)
+        return False

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from backend.data.schema import LabelSchema
+from backend.serving.batching import Batcher
 from backend.serving.store import ModelStore, model_labels
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,35 @@ def load_predictor(model_dir: Path) -> Any:
     return Predictor.load(model_dir)
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """How concurrent predictions are gathered into shared passes (see ``backend.serving.batching``)."""
+
+    max_wait_ms: float = 5.0
+    max_subwords: int = 4096
+
+
+def _subwords(predictor: Any, texts: list[str]) -> int:
+    count = getattr(predictor, "count_subwords", None)
+    return count(texts) if count is not None else sum(len(text) // 4 + 2 for text in texts)
+
+
 @dataclass
 class LoadedModel:
-    """A predictor in memory with the version it serves; ``lock`` serialises calls (tokenizers are not
-    thread-safe)."""
+    """A predictor in memory with the version it serves; its ``batcher`` is the only caller of
+    ``predictor.predict`` (tokenizers are not thread-safe), gathering concurrent requests into shared passes."""
 
     version: str
     predictor: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    limits: BatchLimits = BatchLimits()
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.predictor.predict, lambda texts: _subwords(self.predictor, texts),
+                               self.limits.max_wait_ms, self.limits.max_subwords, name=f"predict-{self.version}")
+
+    def predict(self, texts: list[str]) -> list:
+        return self.batcher.submit(texts)
 
 
 @dataclass
@@ -60,10 +82,11 @@ class ModelCache:
     """
 
     def __init__(self, store: ModelStore, start_model: Path | None = None,
-                 load: Callable[[Path], Any] = load_predictor):
+                 load: Callable[[Path], Any] = load_predictor, limits: BatchLimits = BatchLimits()):
         self.store = store
         self.start_model = start_model
         self._load = load
+        self.limits = limits
         self._lock = threading.Lock()
         self._served: dict[str, _Served] = {}
         self._loading: dict[str, threading.Lock] = {}
@@ -145,7 +168,7 @@ class ModelCache:
             model = served.model if served is not None else None
             if version is not None and (model is None or model.version != version):
                 try:
-                    model = LoadedModel(version, self._load(self.store.version_dir(project, version)))
+                    model = LoadedModel(version, self._load(self.store.version_dir(project, version)), self.limits)
                     log.info("project %s: serving %s", project, version)
                 except Exception:  # noqa: BLE001 - keep serving what we have; the log says why
                     log.exception("project %s: could not load %s; keeping the previous model", project, version)
@@ -160,7 +183,8 @@ class ModelCache:
         with loading:
             if self._start is None:
                 try:
-                    self._start = LoadedModel(start_version(self.start_model), self._load(self.start_model))
+                    self._start = LoadedModel(start_version(self.start_model), self._load(self.start_model),
+                                              self.limits)
                 except Exception:  # noqa: BLE001
                     log.exception("could not load START_MODEL %s", self.start_model)
                     return None

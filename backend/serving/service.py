@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Callable
 from backend.data.schema import LabelConfigError, LabelSchema, parse_label_config
 from backend.data.tasks import spans_to_results
 from backend.serving.jobs import JobQueue
-from backend.serving.model_cache import UNTRAINED, ModelCache, load_predictor
+from backend.serving.labelstudio import confirm_project_exists
+from backend.serving.batching import Admission
+from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load_predictor
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
 from backend.serving.store import ModelStore
@@ -24,7 +27,8 @@ from backend.serving.training_run import run_training_job
 log = logging.getLogger(__name__)
 
 MODEL_CLASS = "NerBackend"
-TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"}
+# Label Studio 1.23 names the delete event ANNOTATIONS_DELETED (tasks/api.py); the singular is kept for older ones
+TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
 START_TRAINING = "START_TRAINING"
 
 
@@ -32,9 +36,15 @@ class RequestError(ValueError):
     """A request body the backend cannot use; the message says what is wrong (answered with HTTP 400)."""
 
 
+MAX_PROJECT_DIGITS = 18  # a Django AutoField/BigAutoField id fits; a longer "id" is no project
+_PROJECT_KEY = re.compile(r"([0-9]{1,%d})(?:\.[0-9]{1,32})?" % MAX_PROJECT_DIGITS)
+
+
 def project_id(value: Any) -> str:
-    """The Label Studio project id from ``"<id>.<created epoch>"`` (as /setup and /predict send it), an int,
-    or a webhook's project object.
+    """The Label Studio project id from ``"<id>.<created epoch>"`` (as /setup and /predict send it), a positive
+    integer, or a webhook's project object; anything else is a ``RequestError`` naming the field.
+
+    Only ASCII digits count (``"²"`` is a digit to ``str.isdigit``, not an id), and at most 18 of them.
 
     >>> project_id("12.1718000000"), project_id(12), project_id({"id": 12, "title": "x"})
     ('12', '12', '12')
@@ -42,11 +52,14 @@ def project_id(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("id")
     if isinstance(value, bool) or value is None:
-        raise RequestError("no project id: expected \"<id>.<timestamp>\", an integer, or an object with \"id\"")
-    text = str(value).strip().split(".", 1)[0]
-    if not text.isdigit():
-        raise RequestError(f"project {value!r} is not a Label Studio project id like \"12.1718000000\"")
-    return str(int(text))
+        raise RequestError("project: missing; expected \"<id>.<timestamp>\", a positive integer, or an object with \"id\"")
+    text = str(value).strip() if isinstance(value, (int, str)) else ""
+    match = _PROJECT_KEY.fullmatch(text)
+    if match is None or int(match.group(1)) < 1:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise RequestError(f"project: {shown!r} is not a Label Studio project id (a positive whole number of at most "
+                           f"{MAX_PROJECT_DIGITS} digits, or \"<id>.<timestamp>\" as in \"12.1718000000\")")
+    return str(int(match.group(1)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,12 +96,16 @@ class NerService:
         store: ModelStore | None = None,
         jobs: JobQueue | None = None,
         load_predictor: Callable[[Path], Any] = load_predictor,
+        confirm_project: Callable[[str], bool] | None = None,
     ):
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
         self.jobs = jobs or JobQueue(functools.partial(run_training_job, settings), self.store.root / ".jobs",
                                      nice=settings.train_nice)
-        self.models = ModelCache(self.store, settings.start_model, load_predictor)
+        self.models = ModelCache(self.store, settings.start_model, load_predictor,
+                                 BatchLimits(settings.predict_max_wait_ms, settings.predict_max_subwords))
+        self._admission = Admission(settings.predict_max_requests)
+        self._confirm = confirm_project or functools.partial(confirm_project_exists, settings)
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectState] = {}
         self._warned: set[str] = set()
@@ -147,8 +164,8 @@ class NerService:
             version = self.models.version_name(project, schema) if schema is not None else UNTRAINED
             return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
         texts = [_task_text(task, schema) for task in tasks]
-        with model.lock:
-            predictions = model.predictor.predict(texts)
+        with self._admission:  # Overloaded (503) when too many wait: they must not hold every server thread
+            predictions = model.predict(texts)
         if len(predictions) != len(tasks):
             raise RuntimeError(f"the predictor returned {len(predictions)} predictions for {len(tasks)} tasks")
         return [
@@ -171,6 +188,11 @@ class NerService:
             project = project_id(body.get("project"))
         except RequestError:
             return WebhookOutcome(action, None, "ignored: no project id")
+        if not self._known(project):
+            # state and training runs are made only for projects this backend serves (/setup, a version, a run) or
+            # that Label Studio confirms exist: an unauthenticated webhook must not grow state or start work
+            return WebhookOutcome(action, project, "ignored: unknown project (Label Studio has not called /setup "
+                                                   "for it, and it could not be confirmed with LABEL_STUDIO_URL)")
         state = self._state(project)
         if action == START_TRAINING:
             return WebhookOutcome(action, project, self._start_training(project, state))
@@ -193,6 +215,15 @@ class NerService:
         # a file); the child prefers LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY from the settings.
         payload = {"hostname": state.hostname, "access_token": state.access_token}
         return self.jobs.trigger(project, payload)
+
+    def _known(self, project: str) -> bool:
+        """Whether ``project`` was set up here, has a version or a training run, or Label Studio confirms it."""
+        with self._lock:
+            if project in self._projects:
+                return True
+        if self.store.has_project(project) or project in self.jobs.projects():
+            return True
+        return self._confirm(project)
 
     def _annotations_since_training(self, project: str) -> int:
         with self._lock:  # read only: a status query must not create a project

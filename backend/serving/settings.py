@@ -50,7 +50,15 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _at_least_zero(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(value)
+    return number
+
+
 PORT = Check(_port, "a port number (1-65535)")
+RESERVED_THREADS = 4  # server threads that waiting predictions leave free by default
 URL = Check(_url, "an http(s):// URL")
 
 
@@ -85,7 +93,10 @@ class Settings:
     basic_auth_pass: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 9090
-    threads: int = 8
+    threads: int = 64  # most of them wait on shared prediction passes; control routes keep the rest
+    predict_max_requests: int = 48  # /predict requests waiting at once; more get 503 (below THREADS: see from_env)
+    predict_max_wait_ms: float = 5.0  # how long a pass waits for other requests to join it
+    predict_max_subwords: int = 4096  # subwords per shared pass at most
     backend_url: str | None = None
     train_every_n: int = 10
     promote_if_not_worse: bool = True
@@ -121,6 +132,14 @@ class Settings:
             training = from_environment(env)
         except KnobError as error:
             raise SettingsError(str(error)) from None
+        threads = _parse(env, "THREADS", POSITIVE, cls.threads)
+        # waiting predictions never hold every thread: /setup, /webhook and /status always find one
+        default_requests = max(1, min(cls.predict_max_requests, threads - RESERVED_THREADS, threads - 1))
+        predict_max_requests = _parse(env, "PREDICT_MAX_REQUESTS", POSITIVE, default_requests)
+        if _text(env, "PREDICT_MAX_REQUESTS") is not None and predict_max_requests >= threads:
+            raise SettingsError(
+                f"PREDICT_MAX_REQUESTS={predict_max_requests} must be below THREADS={threads}, so that /setup, "
+                "/webhook and /status always find a free thread: raise THREADS or lower PREDICT_MAX_REQUESTS")
         return cls(
             label_studio_url=_parse(env, "LABEL_STUDIO_URL", URL, None),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
@@ -131,7 +150,11 @@ class Settings:
             basic_auth_pass=password,
             host=_text(env, "HOST", cls.host),
             port=_parse(env, "PORT", PORT, cls.port),
-            threads=_parse(env, "THREADS", POSITIVE, cls.threads),
+            threads=threads,
+            predict_max_requests=predict_max_requests,
+            predict_max_wait_ms=_parse(env, "PREDICT_MAX_WAIT_MS", Check(_at_least_zero, "a number of ms >= 0"),
+                                       cls.predict_max_wait_ms),
+            predict_max_subwords=_parse(env, "PREDICT_MAX_SUBWORDS", POSITIVE, cls.predict_max_subwords),
             backend_url=_parse(env, "BACKEND_URL", URL, None),
             train_every_n=_parse(env, "TRAIN_EVERY_N", Check(NOT_NEGATIVE.parse, "a whole number >= 0 (0 = off)"),
                                  cls.train_every_n),

@@ -186,6 +186,9 @@ class ModelStore:
         names = [p.name for p in self.root.iterdir() if p.is_dir() and _PROJECT.match(p.name)]
         return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
+    def has_project(self, project: str) -> bool:
+        return self.project_dir(project).is_dir()
+
     def version_names(self, project: str) -> list[str]:
         """Committed versions of ``project``, oldest first."""
         folder = self.project_dir(project)
