@@ -45,7 +45,8 @@ PREDICT = "POST /predict"
 def read_sentences(path: Path) -> list[list[tuple[str, str]]]:
     """The sentences of an MIT-style BIO file (``TAG<TAB>token`` lines, a blank line between sentences)."""
     if not path.is_file():
-        sys.exit(f"{path} not found: the load benchmark needs the MIT Restaurant corpus in ../shared/data/mit_restaurant")
+        sys.exit(f"{path} not found: the load benchmark needs the MIT Restaurant corpus in "
+                 "../shared/data/mit_restaurant")
     sentences, current = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -153,10 +154,10 @@ def served(checkout: Path, model: Path, extra_env: dict[str, str], auth: tuple[s
         env.update(BASIC_AUTH_USER=auth[0], BASIC_AUTH_PASS=auth[1])
     env.update(extra_env)
     log = work / "server.log"
+    command = [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         # cwd and PYTHONPATH both name the checkout, so its `backend` is imported, not the one installed here.
-        process = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                   cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process, log)
@@ -201,11 +202,15 @@ class BackgroundTraining:
 
 
 # --- the load ---------------------------------------------------------------------------------------------------
+ANSWERED = ("ok", "empty")  # the outcomes of a 200
+
+
 @dataclass(frozen=True)
 class Sample:
     route: str
     ms: float
     outcome: str  # "ok", "empty" (a /predict whose every result is empty), an HTTP status, or an exception's name
+    retry_after_s: float = 0.0  # what a 503's Retry-After asked for
 
 
 class Target:
@@ -232,12 +237,15 @@ def timed(session: requests.Session, route: str, url: str, check=None, **kwargs)
     """One request as a Sample; ``check(response)`` may turn a 200 into another outcome."""
     method, _ = route.split(" ", 1)
     started = time.perf_counter()
+    retry_after = 0.0
     try:
         response = session.request(method, url, timeout=kwargs.pop("timeout", REQUEST_TIMEOUT_S), **kwargs)
         outcome = str(response.status_code) if response.status_code != 200 else (check(response) if check else "ok")
+        with contextlib.suppress(ValueError):
+            retry_after = float(response.headers.get("Retry-After", 0))
     except requests.RequestException as error:
         outcome = type(error).__name__  # ReadTimeout, ConnectionError, ...
-    return Sample(route, (time.perf_counter() - started) * 1000, outcome)
+    return Sample(route, (time.perf_counter() - started) * 1000, outcome, retry_after)
 
 
 def predict_outcome(n_tasks: int):
@@ -271,8 +279,11 @@ def client(target: Target, texts: TextCycle, per_request: int, deadline: float, 
         sample = timed(session, PREDICT, f"{target.url}/predict", predict_outcome(len(batch)),
                        json=target.predict_body(first, batch))
         samples.append(sample)
-        if sample.outcome not in ("ok", "empty") and not sample.outcome.isdigit():
-            time.sleep(0.1)  # a refused connection fails at once: without a pause it would spin and flood the counts
+        # A refusal comes back at once: retried without a pause, it would spin, flood the counts and take the CPU
+        # from the server on the same machine. So a client waits as a 503's Retry-After asks (at most 5 s), else
+        # 0.1 s after any error.
+        if sample.outcome not in ANSWERED:
+            time.sleep(min(sample.retry_after_s or 0.1, 5.0, max(0.0, deadline - time.monotonic())))
 
 
 def control_calls(target: Target) -> list[tuple[str, str, dict]]:
@@ -299,14 +310,18 @@ def probe(target: Target, deadline: float, samples: list[Sample]) -> None:
 
 
 def summary(samples: list[Sample], wall_s: float) -> dict:
-    if not samples:
-        return {"requests": 0}
-    ms = sorted(s.ms for s in samples)
+    """Counts and rates of all requests; latencies of the answered ones (200), since a fast 503 is no answer and
+    would pull p50 down; errors by status code or exception."""
     outcomes = Counter(s.outcome for s in samples)
+    ms = sorted(s.ms for s in samples if s.outcome in ANSWERED)
+    answered = len(ms)
     return {"requests": len(samples), "requests_per_s": round(len(samples) / wall_s, 2),
-            "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1),
-            "max_ms": round(ms[-1], 1), "empty": outcomes.pop("empty", 0),
-            "errors": {k: v for k, v in sorted(outcomes.items()) if k != "ok"}}
+            "answered": answered, "answered_per_s": round(answered / wall_s, 2),
+            "p50_ms": round(statistics.median(ms), 1) if ms else None,
+            "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1) if ms else None,
+            "max_ms": round(ms[-1], 1) if ms else None,
+            "empty": outcomes.get("empty", 0),
+            "errors": {k: v for k, v in sorted(outcomes.items()) if k not in ANSWERED}}
 
 
 def prepare(target: Target, warmup_text: str) -> dict:
@@ -332,9 +347,10 @@ def run_load(target: Target, texts: list[str], args: argparse.Namespace, work: P
         per_thread: list[list[Sample]] = [[] for _ in range(args.clients + 1)]
         start = time.monotonic()
         deadline = start + args.seconds
-        threads = [threading.Thread(target=client, args=(target, cycle, args.tasks_per_request, deadline, out))
-                   for out in per_thread[:-1]]
-        threads.append(threading.Thread(target=probe, args=(target, deadline, per_thread[-1])))
+        # Daemon threads, so an interrupted run exits at once instead of waiting for the deadline.
+        threads = [threading.Thread(target=client, args=(target, cycle, args.tasks_per_request, deadline, out),
+                                    daemon=True) for out in per_thread[:-1]]
+        threads.append(threading.Thread(target=probe, args=(target, deadline, per_thread[-1]), daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -412,8 +428,20 @@ def side_labels(args: argparse.Namespace) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{i + 1}:{n}" for i, n in enumerate(names)]
 
 
+def run_served(name: str, checkout: Path, model: Path, config: str, auth: tuple[str, str] | None,
+               texts: list[str], args: argparse.Namespace, work: Path) -> dict:
+    """One --serve-from side: start its backend, load it, stop it."""
+    print(f"[{name}] starting the backend from {checkout}", file=sys.stderr)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    with served(checkout, model, extra_env, auth, work) as (url, log):
+        result = run_load(Target(url, args.project, config, auth), texts, args, work)
+    print(f"[{name}] {json.dumps(result['routes'].get(PREDICT))}", file=sys.stderr)
+    return {"checkout": str(checkout), "commit": commit_of(checkout), **result,
+            "server_log_errors": server_log_errors(log)}
+
+
 def ratio(first: dict, second: dict) -> dict:
-    """Second side over first: requests/s above 1 and p95 below 1 mean the second is faster."""
+    """Second side over first: answered/s above 1 and p95 below 1 mean the second is faster."""
     def of(side: dict, key: str) -> float | None:
         return side["routes"].get(PREDICT, {}).get(key)
 
@@ -422,7 +450,7 @@ def ratio(first: dict, second: dict) -> dict:
         return round(b / a, 3) if a and b is not None else None
 
     control = [s["control"].get("p95_ms") for s in (first, second)]
-    return {"predict_requests_per_s": divide("requests_per_s"), "predict_p95_ms": divide("p95_ms"),
+    return {"predict_answered_per_s": divide("answered_per_s"), "predict_p95_ms": divide("p95_ms"),
             "control_p95_ms": round(control[1] / control[0], 3) if control[0] and control[1] is not None else None}
 
 
@@ -438,7 +466,6 @@ def main(argv: list[str] | None = None) -> None:
     # The warm-up text has an entity, so an empty answer to it means a label config that does not fit.
     first = next(s for s in sentences if any(tag != "O" for tag, _ in s))
     texts = [" ".join(token for _, token in s) for s in [first, *sentences]]
-    extra_env = dict(item.split("=", 1) for item in args.env)
 
     sides = {}
     with tempfile.TemporaryDirectory(prefix="ner-bench-load-") as tmp:
@@ -446,15 +473,10 @@ def main(argv: list[str] | None = None) -> None:
             work = Path(tmp) / f"side-{i}"
             work.mkdir()
             if args.url:
-                sides[name] = {"url": args.url, **run_load(Target(args.url, args.project, config, auth), texts, args, work)}
-                continue
-            checkout = args.serve_from[i].resolve()
-            print(f"[{name}] starting the backend from {checkout}", file=sys.stderr)
-            with served(checkout, model, extra_env, auth, work) as (url, log):
-                result = run_load(Target(url, args.project, config, auth), texts, args, work)
-            sides[name] = {"checkout": str(checkout), "commit": commit_of(checkout), **result,
-                           "server_log_errors": server_log_errors(log)}
-            print(f"[{name}] {json.dumps(result['routes'].get(PREDICT))}", file=sys.stderr)
+                target = Target(args.url, args.project, config, auth)
+                sides[name] = {"url": args.url, **run_load(target, texts, args, work)}
+            else:
+                sides[name] = run_served(name, args.serve_from[i].resolve(), model, config, auth, texts, args, work)
 
     out = {"bench": "load", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "machine": machine(), "model": {"dir": str(model), "labels": labels}, "sides": sides}

@@ -143,3 +143,45 @@ def test_start_up_cleaning_leaves_a_training_in_progress_alone(tmp_path):
     busy = store.project_dir("3") / f".tmp-{os.getppid()}-abc"
     busy.mkdir()
     assert store.clean_temporary() == [] and busy.exists()
+
+
+def test_retention_keeps_the_serving_version_the_last_promoted_and_the_newest_run(tmp_path):
+    store = ModelStore(tmp_path)
+    for promote in (True, True, False, True, False, True, True, False, False):
+        _train_into(store, "3", 0.5, promote=promote)
+    # promoted: v1 v2 v4 v6 v7 (v7 serves); never promoted: v3 v5 v8 v9
+    assert store.prune("3", keep_promoted=3) == ["v1", "v2", "v3", "v5", "v8"]
+    assert store.version_names("3") == ["v4", "v6", "v7", "v9"] and store.current("3") == "v7"
+    assert not list(store.project_dir("3").glob(".tmp-*"))
+    assert store.prune("3", keep_promoted=None) == [] and len(store.version_names("3")) == 4
+    assert store.disk_bytes("3") >= 4 * len(b"weights")
+
+
+def test_promoted_is_what_the_pointer_did_not_what_a_manifest_intended(tmp_path):
+    store = ModelStore(tmp_path)
+    _train_into(store, "3", 0.5)
+    # a run killed between commit and promotion: its manifest says promoted, the pointer never moved
+    folder = store.new_temporary_dir("3")
+    store.commit("3", folder, Manifest(project="3", base_model="tiny", labels=["Dish"], promoted=True))
+    assert [(v.version, v.promoted, v.current) for v in store.versions("3")] == [("v1", True, True),
+                                                                                 ("v2", False, False)]
+    assert store.promoted("3") == {"v1"}
+
+
+def test_a_temporary_folder_of_a_dead_writer_is_removed_even_if_its_pid_came_back(tmp_path):
+    store = ModelStore(tmp_path)
+    _train_into(store, "3", 0.5)
+    # the parent process is alive, but it is not the writer: the start time in the name is not the parent's
+    reused = store.project_dir("3") / f".tmp-{os.getppid()}.1-abc"
+    reused.mkdir()
+    assert store.clean_temporary() == [reused] and not reused.exists()
+
+
+def test_an_unreadable_pointer_is_named_as_a_problem(tmp_path):
+    store = ModelStore(tmp_path)
+    _train_into(store, "3", 0.5)
+    assert store.problems("3") == []
+    (store.project_dir("3") / "current.json").write_text("{not json")
+    assert store.current("3") is None
+    [problem] = store.problems("3")
+    assert "current.json" in problem and "no model serves it" in problem

@@ -5,6 +5,7 @@ The child reports progress through a small JSON file that the server reads for `
 """
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -16,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from backend.serving.store import read_json, utc_now, write_json_atomically
+from backend.serving.store import free_megabytes, read_json, utc_now, write_json_atomically
 
 log = logging.getLogger(__name__)
 
 # How often the child rewrites its status file at most; stage changes are always written.
 PROGRESS_INTERVAL_S = 0.5
+FULL_DISK_MB = 16  # a child that died with less free than this most likely died of it
 
 
 @dataclass
@@ -106,6 +108,8 @@ def _child_main(target: JobTarget, project: str, payload: dict, status_path: str
     except BaseException as error:  # noqa: BLE001 - every failure must reach the status file
         traceback.print_exc()
         message = str(error) or type(error).__name__
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            message += "; the disk holding MODEL_DIR is full: free space (or lower KEEP_VERSIONS), then train again"
         progress.write("failed", error=f"{type(error).__name__}: {message}")
         sys.exit(1)
     progress.progress.stage = "done"
@@ -266,7 +270,7 @@ class JobQueue:
             if process.exitcode == 0 and outcome.get("state") == "succeeded":
                 result = outcome.get("result")
             else:
-                error = outcome.get("error") or _exit_message(process.exitcode, self._closing)
+                error = outcome.get("error") or _exit_message(process.exitcode, self._closing, self.status_dir)
             with self._lock:
                 job.process = None
             process.close()  # release its pipe now, not at garbage collection: a server runs many trainings
@@ -301,9 +305,14 @@ def _recorded_progress(data: Any) -> JobProgress | None:
     return JobProgress(**{k: v for k, v in progress.items() if k in JobProgress.__dataclass_fields__})
 
 
-def _exit_message(exitcode: int | None, closing: bool) -> str:
+def _exit_message(exitcode: int | None, closing: bool, status_dir: Path) -> str:
+    """Why a child ended without writing its outcome, as far as the parent can tell."""
     if closing:
         return "stopped: the server shut down during training"
+    free = free_megabytes(status_dir)
+    if free is not None and free < FULL_DISK_MB:
+        return (f"the disk holding MODEL_DIR is full ({free:.0f} MB free): the training could not write its "
+                "results; free space (or lower KEEP_VERSIONS), then start training again")
     if exitcode is not None and exitcode < 0:
         return f"the training process was killed by signal {-exitcode} (out of memory, or stopped by hand?)"
     return f"the training process ended with exit code {exitcode} without a result; see the server log"

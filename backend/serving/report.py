@@ -35,8 +35,16 @@ def _entity_order(manifest: Manifest) -> list[str]:
     return seen
 
 
-def _decision(manifest: Manifest) -> str:
-    return "promoted: now serving" if manifest.promoted else "not promoted: the previous model keeps serving"
+def _decision(manifest: Manifest, current: str | None = None, promoted: set[str] | None = None) -> str:
+    """What became of the version. Right after its run (no ``promoted`` given) the run's own decision, which it
+    has just carried out; later, what the store's pointer says (a run killed before promoting never served)."""
+    if promoted is None:
+        return "promoted: now serving" if manifest.promoted else "not promoted: the previous model keeps serving"
+    if manifest.version == current:
+        return "promoted: now serving"
+    if manifest.version in promoted:
+        return f"promoted earlier; {current or 'no model'} serves now"
+    return f"not promoted: {current or 'no model'} serves"
 
 
 def _table(manifest: Manifest) -> str:
@@ -129,8 +137,11 @@ def _bars(manifest: Manifest) -> str:
     return f'<div class="bars">{"".join(rows)}</div>'
 
 
-def report_page(project: str, manifests: Iterable[Manifest], current: str | None, status: dict[str, Any] | None) -> str:
-    """The ``GET /report`` page of one project: latest run in full, then every version in a table."""
+def report_page(project: str, manifests: Iterable[Manifest], current: str | None, status: dict[str, Any] | None,
+                promoted: set[str] | None = None) -> str:
+    """The ``GET /report`` page of one project: latest run in full, then every version in a table. ``current`` and
+    ``promoted`` come from the store's pointer, never from a manifest's intent."""
+    promoted = set(promoted or ()) | ({current} if current else set())
     manifests = list(manifests)
     title = f"NER backend: project {escape(str(project))}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
@@ -138,6 +149,8 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
              f"<p>Serving: <b>{escape(current or 'no model yet')}</b></p>"]
     if status and status.get("last_error"):
         parts.append(f"<p>Last training failed: {escape(str(status['last_error']))}</p>")
+    for warning in (status or {}).get("warnings") or ():
+        parts.append(f"<p>Warning: {escape(str(warning))}</p>")
     if status and status.get("running"):
         progress = status.get("progress") or {}
         parts.append(f"<p>Training now: {escape(str(progress.get('stage', '')))} step {progress.get('step', 0)}"
@@ -146,7 +159,8 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
         parts.append("<p class='muted'>No training has finished yet.</p></body></html>")
         return "".join(parts)
     latest = manifests[-1]
-    parts.append(f"<h2>Latest run: {escape(latest.version)} (F1 {_number(latest.f1)}, {_decision(latest)})</h2>")
+    parts.append(f"<h2>Latest run: {escape(latest.version)} (F1 {_number(latest.f1)}, "
+                 f"{escape(_decision(latest, current, promoted))})</h2>")
     parts.append(f"<p class='muted'>{latest.train_size} training and {latest.validation_size} validation tasks, "
                  f"{latest.training_seconds:.0f} s, base model {escape(latest.base_model)}, {escape(latest.created_at)}."
                  " Blue: F1 of this version; grey: F1 of the model serving before, on the same validation tasks.</p>")
@@ -157,7 +171,7 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
     for manifest in reversed(manifests):
         parts.append(f"<tr><td>{escape(manifest.version)}</td><td>{escape(manifest.created_at)}</td>"
                      f"<td>{_number(manifest.f1)}</td><td>{manifest.train_size}</td><td>{manifest.validation_size}</td>"
-                     f"<td>{'yes' if manifest.promoted else 'no'}</td>"
+                     f"<td>{'yes' if manifest.version in promoted else 'no'}</td>"
                      f"<td>{'yes' if manifest.version == current else ''}</td></tr>")
     parts.append("</tbody></table></body></html>")
     return "".join(parts)

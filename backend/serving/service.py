@@ -21,7 +21,7 @@ from backend.serving.batching import Admission
 from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load_predictor
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
-from backend.serving.store import ModelStore
+from backend.serving.store import LOW_DISK_MB, ModelStore, free_megabytes
 from backend.serving.training_run import run_training_job
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,23 @@ class NerService:
             "current_version": self.store.current(project),
             "training": job.pop("running"),
             "annotations_since_training": self._annotations_since_training(project),
+            "disk_mb": round(self.store.disk_bytes(project) / 2**20, 1) if self.store.has_project(project) else 0.0,
+            "warnings": self._warnings(project, job.get("last_result")),
             **job,
         }
+
+    def _warnings(self, project: str, last_result: Any) -> list[str]:
+        """What a lead should know and act on: an unreadable store, a report that did not reach Label Studio, a
+        disk about to fill up."""
+        warnings = self.store.problems(project)
+        if isinstance(last_result, dict) and last_result.get("report_error"):
+            warnings.append(f"the scores of {last_result.get('version')} could not be written into Label Studio "
+                            f"({last_result['report_error']}); the version is kept, and the next run reports again")
+        free = free_megabytes(self.store.root)
+        if free is not None and free < LOW_DISK_MB:
+            warnings.append(f"only {free:.0f} MB free on the disk of MODEL_DIR: training needs room for a new "
+                            "version; free space or lower KEEP_VERSIONS")
+        return warnings
 
     def status(self, project: str | None = None) -> dict[str, Any]:
         """/status: per project, the current version, whether training runs, its progress, the last error."""
@@ -281,7 +296,8 @@ class NerService:
         """/report: the project's HTML report page."""
         project = project_id(project)
         manifests = [m for name in self.store.version_names(project) if (m := self.store.manifest(project, name))]
-        return report_page(project, manifests, self.store.current(project), self.project_status(project))
+        return report_page(project, manifests, self.store.current(project), self.project_status(project),
+                           self.store.promoted(project))
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": MODEL_CLASS}

@@ -57,7 +57,12 @@ def _at_least_zero(value: str) -> float:
     return number
 
 
+def _keep(value: str) -> int | None:
+    return None if value.lower() == "all" else POSITIVE.parse(value)
+
+
 PORT = Check(_port, "a port number (1-65535)")
+KEEP = Check(_keep, "a whole number >= 1, or all")
 RESERVED_THREADS = 4  # server threads that waiting predictions leave free by default
 URL = Check(_url, "an http(s):// URL")
 
@@ -94,7 +99,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9090
     threads: int = 64  # most of them wait on shared prediction passes; control routes keep the rest
-    predict_max_requests: int = 48  # /predict requests waiting at once; more get 503 (below THREADS: see from_env)
+    predict_max_requests: int = 60  # /predict requests waiting at once; more get 503 (below THREADS: see from_env)
     predict_max_wait_ms: float = 5.0  # how long a pass waits for other requests to join it
     predict_max_subwords: int = 4096  # subwords per shared pass at most
     backend_url: str | None = None
@@ -104,6 +109,7 @@ class Settings:
     validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
     max_request_bytes: int = 64 * 1024 * 1024
     train_nice: int = 10
+    keep_versions: int | None = 3  # promoted versions kept besides the serving one and the newest run; None: all
     training: RecipeOverrides = RecipeOverrides()  # TRAIN_<KNOB> for every TrainingConfig knob
 
     @property
@@ -164,5 +170,6 @@ class Settings:
             max_request_bytes=_parse(env, "MAX_REQUEST_BYTES", Check(POSITIVE.parse, "a number of bytes >= 1"),
                                      cls.max_request_bytes),
             train_nice=_parse(env, "TRAIN_NICE", NOT_NEGATIVE, cls.train_nice),
+            keep_versions=_parse(env, "KEEP_VERSIONS", KEEP, cls.keep_versions),
             training=training,
         )

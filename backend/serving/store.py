@@ -22,6 +22,7 @@ from backend.model.metrics import Scores
 
 MANIFEST = "manifest.json"
 POINTER = "current.json"
+PROMOTIONS = "promotions.json"  # every version the pointer has named, oldest first: the truth of "promoted"
 TEMPORARY_PREFIX = ".tmp-"
 _VERSION = re.compile(r"^v(\d+)$")
 _PROJECT = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -47,6 +48,20 @@ def write_json_atomically(path: Path, data: Any) -> None:
         raise
 
 
+LOW_DISK_MB = 500  # below this a new version (87 MB for the stand-in, 260 MB for DistilBERT) may not fit
+
+
+def free_megabytes(path: Path) -> float | None:
+    """Free space on the file system holding ``path`` (its nearest existing folder), in MB; None if unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free / 2**20
+    except OSError:
+        return None
+
+
 def read_json(path: Path) -> Any | None:
     """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
@@ -55,9 +70,23 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where that cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _writer_tag() -> str:
+    """This process in a temporary folder's name: ``<pid>.<start time>``, so a later process that got the same pid
+    (a restarted container numbers from 1 again) is not taken for the writer."""
+    return f"{os.getpid()}.{_process_start(os.getpid()) or 0}"
+
+
 def _writer_alive(name: str) -> bool:
-    """Whether the process that made temporary folder ``name`` (``.tmp-<pid>-...``) still runs."""
-    pid = name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+    """Whether the process that made temporary folder ``name`` (``.tmp-<pid>.<start>-...``) still runs."""
+    pid, _, start = name[len(TEMPORARY_PREFIX):].split("-", 1)[0].partition(".")
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
@@ -65,8 +94,9 @@ def _writer_alive(name: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    running_since = _process_start(int(pid))
+    return not start or start == "0" or running_since is None or running_since == start
 
 
 @dataclass
@@ -142,7 +172,7 @@ def model_labels(model_dir: Path) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """One line of ``/versions``: name, creation time, validation F1, promoted when trained, serving now."""
+    """One line of ``/versions``: name, creation time, validation F1, whether it has served, serving now."""
 
     version: str
     created_at: str
@@ -220,7 +250,7 @@ class ModelStore:
         """An empty hidden folder inside the project's folder (same file system, so the commit is a rename)."""
         folder = self.project_dir(project)
         folder.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", dir=folder))
+        return Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{_writer_tag()}-", dir=folder))
 
     def commit(self, project: str, temporary_dir: Path, manifest: Manifest) -> str:
         """Write ``manifest`` into ``temporary_dir`` and rename the folder to the next version name; return it.
@@ -244,10 +274,33 @@ class ModelStore:
                     number += 1
 
     def promote(self, project: str, version: str) -> None:
-        """Make ``version`` the one served for ``project`` (an atomic replace of the pointer file)."""
+        """Make ``version`` the one served for ``project`` (an atomic replace of the pointer file), and record it
+        among the project's promotions."""
         if not (self.version_dir(project, version) / MANIFEST).is_file():
             raise FileNotFoundError(f"cannot promote {version} of project {project}: no committed version folder")
         write_json_atomically(self.project_dir(project) / POINTER, {"version": version, "promoted_at": utc_now()})
+        history = self._promotion_history(project)
+        if version not in history:
+            write_json_atomically(self.project_dir(project) / PROMOTIONS, [*history, version])
+
+    def prune(self, project: str, keep_promoted: int | None) -> list[str]:
+        """Delete the versions that are kept no longer: all but the serving one, the last ``keep_promoted``
+        promoted ones and the newest one that was never promoted (None keeps everything). Returns the deleted."""
+        if keep_promoted is None:
+            return []
+        names = self.version_names(project)
+        promoted = [name for name in self._promotion_history(project) if name in names]
+        never = [name for name in names if name not in promoted]
+        keep = {self.current(project), *promoted[-keep_promoted:], *never[-1:]}
+        removed = []
+        for name in names:
+            if name not in keep:
+                # renamed first, so no reader ever sees half a version; the rest is a leftover at worst
+                doomed = self.project_dir(project) / f"{TEMPORARY_PREFIX}{_writer_tag()}-deleting-{name}"
+                os.rename(self.version_dir(project, name), doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(name)
+        return removed
 
     # --- reading ------------------------------------------------------------------------------------------
     def current(self, project: str) -> str | None:
@@ -257,6 +310,47 @@ class ModelStore:
         if isinstance(version, str) and _VERSION.match(version) and self.version_dir(project, version).is_dir():
             return version
         return None
+
+    def promoted(self, project: str) -> set[str]:
+        """The versions that have served ``project`` (the pointer's record, not a manifest's intent)."""
+        current = self.current(project)
+        return set(self._promotion_history(project)) | ({current} if current else set())
+
+    def _promotion_history(self, project: str) -> list[str]:
+        data = read_json(self.project_dir(project) / PROMOTIONS)
+        return [name for name in data if isinstance(name, str) and _VERSION.match(name)] if isinstance(data, list) else []
+
+    def disk_bytes(self, project: str) -> int:
+        """Bytes the project's folder holds (versions, pointer, leftovers)."""
+        total = 0
+        for path in self.project_dir(project).rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+        return total
+
+    def problems(self, project: str) -> list[str]:
+        """What is wrong with the project's part of the store, in words a user can act on (empty when nothing)."""
+        folder = self.project_dir(project)
+        pointer = folder / POINTER
+        found = []
+        try:
+            if folder.exists():
+                list(folder.iterdir())
+        except OSError as error:
+            return [f"the model store folder of project {project} cannot be read ({error.strerror}): check the "
+                    "permissions of MODEL_DIR"]
+        if pointer.exists():
+            data = read_json(pointer)
+            version = data.get("version") if isinstance(data, dict) else None
+            if not isinstance(version, str) or not _VERSION.match(version):
+                found.append(f"{POINTER} of project {project} cannot be read: no model serves it; promote a version "
+                             "again (or delete the file) to repair it")
+            elif not self.version_dir(project, version).is_dir():
+                found.append(f"{POINTER} of project {project} names {version}, which is not in the store: no model "
+                             "serves it; train again to repair it")
+        return found
 
     def pointer_stamp(self, project: str) -> tuple[int, int] | None:
         """A cheap fingerprint of the pointer file (inode, mtime): it changes whenever a version is promoted."""
@@ -273,6 +367,7 @@ class ModelStore:
     def versions(self, project: str) -> list[VersionInfo]:
         """Every committed version of ``project``, oldest first, with time, F1 and flags."""
         current = self.current(project)
+        promoted = self.promoted(project)
         infos = []
         for name in self.version_names(project):
             manifest = self.manifest(project, name)
@@ -283,7 +378,7 @@ class ModelStore:
                     version=name,
                     created_at=manifest.created_at,
                     f1=manifest.f1,
-                    promoted=manifest.promoted,
+                    promoted=name in promoted,
                     current=name == current,
                     train_size=manifest.train_size,
                     validation_size=manifest.validation_size,

@@ -135,14 +135,19 @@ def train_project(
     finally:
         if not committed:
             shutil.rmtree(temporary, ignore_errors=True)
+    removed = store.prune(project, settings.keep_versions)
+    if removed:
+        log.info("project %s: deleted %s (KEEP_VERSIONS=%s)", project, ", ".join(removed), settings.keep_versions)
 
+    report_error = None
     if settings.report_to_label_studio:
         progress("reporting")
-        _report_back(settings, client, project_number, instruction_block(manifest), ml_description(manifest))
+        report_error = _report_back(settings, client, project_number, instruction_block(manifest),
+                                    ml_description(manifest))
     return {"version": version, "promoted": manifest.promoted, "f1": manifest.f1,
             "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
             "train_size": manifest.train_size, "validation_size": manifest.validation_size,
-            "decision": manifest.decision}
+            "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error}
 
 
 def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:
@@ -212,10 +217,13 @@ def _json_safe(data: dict) -> dict:
     return json.loads(json.dumps(data, default=str))
 
 
-def _report_back(settings: Settings, client: ProjectClient, project: int, block: str, description: str) -> None:
-    """Write the scores into the project; a failure here is logged, never fatal (the version is already kept)."""
+def _report_back(settings: Settings, client: ProjectClient, project: int, block: str, description: str) -> str | None:
+    """Write the scores into the project; a failure is returned (for /status) and logged, never raised: the version
+    is already kept."""
     try:
         client.write_instruction_block(project, block)
         client.write_ml_description(project, description, settings.backend_url)
     except Exception as error:  # noqa: BLE001
         log.warning("project %s: could not write the report into Label Studio: %s", project, error)
+        return f"{type(error).__name__}: {error}"
+    return None
