@@ -5,6 +5,7 @@ Routes only parse the request, call one ``NerService`` method and shape the answ
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -41,10 +42,10 @@ def _json_body() -> Any:
     """The request's JSON; a RequestError (-> 400) naming the problem when it is missing or malformed."""
     if not request.get_data(cache=True):
         raise RequestError("the request body is empty; send a JSON object")
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise RequestError("the request body is not valid JSON")
-    return body
+    try:
+        return json.loads(request.get_data(cache=True))
+    except ValueError:  # UnicodeDecodeError included
+        raise RequestError("the request body is not valid JSON") from None
 
 
 @bp.before_request

@@ -36,7 +36,9 @@ def utc_now() -> str:
 def write_json_atomically(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    # named like a temporary folder, so that a writer killed mid-write leaves nothing clean_temporary misses
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{_writer_tag()}-{path.name}.",
+                                         suffix=".part")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=2, sort_keys=True)
@@ -278,10 +280,13 @@ class ModelStore:
         among the project's promotions."""
         if not (self.version_dir(project, version) / MANIFEST).is_file():
             raise FileNotFoundError(f"cannot promote {version} of project {project}: no committed version folder")
+        before = self.current(project)
         write_json_atomically(self.project_dir(project) / POINTER, {"version": version, "promoted_at": utc_now()})
+        # the version served before is recorded too: a writer killed between the two writes left it out
         history = self._promotion_history(project)
-        if version not in history:
-            write_json_atomically(self.project_dir(project) / PROMOTIONS, [*history, version])
+        missing = [name for name in dict.fromkeys([before, version]) if name and name not in history]
+        if missing:
+            write_json_atomically(self.project_dir(project) / PROMOTIONS, [*history, *missing])
 
     def prune(self, project: str, keep_promoted: int | None) -> list[str]:
         """Delete the versions that are kept no longer: all but the serving one, the last ``keep_promoted``
