@@ -43,3 +43,39 @@ def test_a_backend_behind_basic_auth_sends_it_with_the_ml_record_update(make_cli
     plain = make_client()
     plain.write_ml_description(2, "v1", None)
     assert "auth_method" not in plain._ls.calls[0][1]
+
+
+class ExportingSdk(RecordingSdk):
+    """RecordingSdk plus the two ways to read tasks: the JSON export (one request) and the task pages."""
+
+    def __init__(self, base_url, api_key, timeout, export_fails=False):
+        super().__init__(base_url, api_key, timeout)
+        tasks = [{"id": 1, "data": {"text": "a"}, "annotations": [{"id": 7, "result": []}]},
+                 {"id": 2, "data": {"text": "b"}, "annotations": []}]
+
+        def download_sync(id, export_type, download_all_tasks):
+            self.calls.append(("export", {"id": id, "export_type": export_type, "all": download_all_tasks}))
+            if export_fails:
+                raise RuntimeError("404 Not Found")
+            return iter([b'[{"id": 1, "data": {"text": "a"}, ', b'"annotations": [{"id": 7, "result": []}]}]'])
+
+        def pages(**kwargs):
+            self.calls.append(("pages", kwargs))
+            return iter(tasks)
+
+        self.projects.exports = SimpleNamespace(download_sync=download_sync)
+        self.tasks = SimpleNamespace(list=pages)
+
+
+def test_annotated_tasks_come_from_one_export_of_the_annotated_tasks_only():
+    sdk = ExportingSdk(None, None, None)
+    client = LabelStudioClient(Credentials("http://ls:8080", "k" * 40), sdk=sdk)
+    assert [t["id"] for t in client.annotated_tasks(4)] == [1]
+    assert sdk.calls == [("export", {"id": 4, "export_type": "JSON", "all": False})]
+
+
+def test_without_the_export_endpoint_the_tasks_are_paged_and_only_annotated_ones_kept():
+    sdk = ExportingSdk(None, None, None, export_fails=True)
+    client = LabelStudioClient(Credentials("http://ls:8080", "k" * 40), sdk=sdk)
+    assert [t["id"] for t in client.annotated_tasks(4)] == [1]
+    assert [kind for kind, _ in sdk.calls] == ["export", "pages"]

@@ -50,6 +50,7 @@ class ScenarioOutcome:
     last_error: str | None = None
     instruction: str = ""
     ml_description: str = ""
+    project_id: int = 0
     timings: dict = field(default_factory=dict)
 
 
@@ -110,6 +111,7 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
         predictions=predictions, versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
         pending_after_second_press=after_presses.pending, last_error=final.last_error,
         instruction=project.expert_instruction or "", ml_description=record.description or "",
+        project_id=project_id,
         timings={
             "start_training_to_new_version_serving_s": round(time_to_serving_s, 1),
             "start_training_to_both_runs_done_s": round(all_runs_s, 1),
@@ -127,6 +129,23 @@ def test_start_training_produces_a_new_version_that_serves(outcome):
     assert outcome.last_error is None, f"a training run failed: {outcome.last_error}"
     assert outcome.serving_version, "/setup names no model version after training"
     assert outcome.serving_version != outcome.version_before
+
+
+def test_the_annotated_tasks_are_read_in_one_export_request_without_paging(label_studio, outcome):
+    # the SDK's task pager ignored only_annotated (every task was read) and ended on a 404 past the last page
+    from label_studio_sdk import LabelStudio
+
+    from backend.serving.labelstudio import Credentials, LabelStudioClient
+
+    sdk = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+    def no_paging(**kwargs):
+        raise AssertionError("the annotated tasks were paged through instead of exported")
+
+    sdk.tasks.list = no_paging
+    tasks = LabelStudioClient(Credentials(label_studio.url, label_studio.token), sdk=sdk).annotated_tasks(
+        outcome.project_id)
+    assert len(tasks) == N_ANNOTATED and all(task["annotations"] for task in tasks)
 
 
 def test_second_start_training_during_a_run_coalesces_into_exactly_one_more_run(outcome):
