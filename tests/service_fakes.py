@@ -100,6 +100,14 @@ class FakeLabelStudio:
     def __init__(self, tasks: list[dict], config: str = CONFIG, instruction: str = "<p>Label dishes.</p>"):
         self.tasks, self.config, self.instruction = tasks, config, instruction
         self.descriptions: list[str] = []
+        self.edits = 0
+
+    def edit_annotations(self) -> None:
+        """Every annotation edited (a new ``updated_at``), as a lead's corrections between two runs."""
+        self.edits += 1
+        for task in self.tasks:
+            for annotation in task.get("annotations") or []:
+                annotation["updated_at"] = f"2026-01-01T00:{self.edits // 60:02d}:{self.edits % 60:02d}Z"
 
     def label_config(self, project: int) -> str:
         return self.config

@@ -304,6 +304,11 @@ class _StagedLabelStudio(FakeLabelStudio):
     def __init__(self, stage: str):
         super().__init__([annotated_task(i + 1, text) for i, text in enumerate(TEXTS)])
         self.stage = stage
+        # every run after the first ("first": the fixture's v1) sees its annotations edited (a new update time), so
+        # it has something new to train on instead of answering "nothing new since v1"
+        if stage != "first":
+            for task in self.tasks:
+                task["annotations"][0]["updated_at"] = f"edited {time.time_ns()}"
 
     def annotated_tasks(self, project: int) -> list[dict]:
         if self.stage == "fetch":
@@ -411,7 +416,7 @@ def trained(tmp_path):
     settings = Settings(model_dir=tmp_path / "models", base_model="fake-base", train_every_n=0)
     store = ModelStore(settings.model_dir)
     training = _StagedTraining("none")
-    summary = train_project(settings, PROJECT, _StagedLabelStudio("none"), store, train_fn=training.train,
+    summary = train_project(settings, PROJECT, _StagedLabelStudio("first"), store, train_fn=training.train,
                             evaluate_fn=training.evaluate)
     assert (summary["version"], summary["promoted"], store.current(PROJECT)) == ("v1", True, "v1")
     return settings, store

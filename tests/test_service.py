@@ -54,6 +54,9 @@ def settings(tmp_path):
 
 
 def _train(settings, client, fake, project="3"):
+    """One run after the annotations were edited, so every run has something new to train on."""
+    if hasattr(client, "edit_annotations"):
+        client.edit_annotations()
     store = ModelStore(settings.model_dir)
     summary = train_project(settings, project, client, store, train_fn=fake.train, evaluate_fn=fake.evaluate)
     return store, summary
@@ -243,3 +246,48 @@ def test_a_real_tiny_model_trains_through_the_job_and_then_serves_predictions(tm
             assert text[value["start"]:value["end"]] == value["text"]
             assert value["labels"][0] in schema.labels
     service.shutdown()
+
+
+def test_start_training_with_nothing_changed_since_the_serving_version_makes_no_version(settings):
+    client = FakeLabelStudio(_tasks())
+    store = ModelStore(settings.model_dir)
+    train_project(settings, "3", client, store, train_fn=FakeTraining().train, evaluate_fn=FakeTraining().evaluate)
+    again = FakeTraining()
+    summary = train_project(settings, "3", client, store, train_fn=again.train, evaluate_fn=again.evaluate)
+    assert summary["version"] is None and summary["decision"].startswith("nothing new since v1")
+    assert again.trained_on is None and store.version_names("3") == ["v1"]
+
+
+@pytest.mark.parametrize("change", ["edit", "new task", "recipe", "label config"])
+def test_any_change_of_annotations_recipe_or_labels_trains_again(settings, change):
+    from dataclasses import replace as replace_settings
+
+    from backend.model.config import RecipeOverrides
+
+    client = FakeLabelStudio(_tasks())
+    store = ModelStore(settings.model_dir)
+    train_project(settings, "3", client, store, train_fn=FakeTraining().train, evaluate_fn=FakeTraining().evaluate)
+    if change == "edit":
+        client.tasks[0]["annotations"][0]["updated_at"] = "2026-02-02T10:00:00Z"
+    elif change == "new task":
+        client.tasks.append(annotated_task(99, "cheap thai pizza"))
+    elif change == "recipe":
+        settings = replace_settings(settings, training=RecipeOverrides.of(epochs=7))
+    else:
+        client.config = CONFIG.replace('<Label value="Cuisine"/>', '<Label value="Cuisine"/><Label value="Hours"/>')
+    summary = train_project(settings, "3", client, store, train_fn=FakeTraining().train,
+                            evaluate_fn=FakeTraining().evaluate)
+    assert summary["version"] == "v2"
+
+
+def test_a_press_after_a_version_that_was_not_promoted_does_not_train_the_same_data_again(settings):
+    client = FakeLabelStudio(_tasks())
+    store = ModelStore(settings.model_dir)
+    train_project(settings, "3", client, store, train_fn=FakeTraining().train, evaluate_fn=FakeTraining().evaluate)
+    client.edit_annotations()
+    worse = FakeTraining(candidate_f1=0.5, current_f1=0.8)
+    assert not train_project(settings, "3", client, store, train_fn=worse.train, evaluate_fn=worse.evaluate)["promoted"]
+    again = FakeTraining()
+    summary = train_project(settings, "3", client, store, train_fn=again.train, evaluate_fn=again.evaluate)
+    assert summary["version"] is None and summary["decision"].startswith("nothing new since v2 (not promoted; v1")
+    assert again.trained_on is None and store.version_names("3") == ["v1", "v2"]

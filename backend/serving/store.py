@@ -126,6 +126,7 @@ class Manifest:
     decision: str = ""
     version: str = ""
     created_at: str = field(default_factory=utc_now)
+    fingerprint: str = ""  # what it was trained on (training_run.training_fingerprint): the same means nothing new
 
     @property
     def f1(self) -> float | None:

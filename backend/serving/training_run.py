@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -87,10 +88,20 @@ def train_project(
     schema = parse_label_config(client.label_config(project_number))
     tasks = client.annotated_tasks(project_number)
     keyed = _convert(project, tasks, schema)
+    by_id = {task.get("id"): task for task in tasks}
+    config = settings.training_config()
+    fingerprint = training_fingerprint(settings, config, schema, [(key, by_id.get(key) or {}) for key, _ in keyed])
+    unchanged = _unchanged_since(store, project, fingerprint)
+    if unchanged is not None:
+        decision = (f"nothing new since {unchanged}: the same annotations, label config and recipe it was trained "
+                    "on; no new version")
+        log.info("project %s: %s", project, decision)
+        return {"version": None, "promoted": False, "f1": None, "previous_version": unchanged, "previous_f1": None,
+                "train_size": 0, "validation_size": 0, "decision": decision, "deleted_versions": [],
+                "report_error": None}
     train_examples, validation_examples = split_examples(keyed, settings.validation_fraction)
 
     progress("training", step=0, total_steps=0)
-    config = settings.training_config()
     temporary = store.new_temporary_dir(project)
     committed = False
     try:
@@ -109,7 +120,6 @@ def train_project(
         progress("evaluating")
         previous = _previous_model(settings, store, project, schema)
         scores, previous_scores = _evaluate_both(project, temporary, previous, validation_examples, evaluate_fn)
-        by_id = {task.get("id"): task for task in tasks}
         manifest = Manifest(
             project=project,
             base_model=settings.base_model,
@@ -124,6 +134,7 @@ def train_project(
             scores=scores,
             previous_version=previous[0] if previous else None,
             previous_scores=previous_scores,
+            fingerprint=fingerprint,
         )
         current = store.current(project)
         manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
@@ -148,6 +159,32 @@ def train_project(
             "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
             "train_size": manifest.train_size, "validation_size": manifest.validation_size,
             "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error}
+
+
+def training_fingerprint(settings: Settings, config: Any, schema: LabelSchema, tasks: list[tuple[Any, dict]]) -> str:
+    """What a run would train on, as one hash: every usable task's id with the id and update time of the annotation
+    that counts, the label config's labels, the recipe and the validation split. The same fingerprint means the
+    same model would be trained again."""
+    annotations = []
+    for key, task in tasks:
+        annotation = choose_annotation(task) or {}
+        annotations.append([key, annotation.get("id"), annotation.get("updated_at") or annotation.get("created_at")])
+    facts = {"tasks": sorted(annotations, key=str), "schema": asdict(schema), "recipe": _json_safe(asdict(config)),
+             "validation_fraction": settings.validation_fraction}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _unchanged_since(store: ModelStore, project: str, fingerprint: str) -> str | None:
+    """The serving version, or a newer one that was not promoted, when it was trained on exactly ``fingerprint``
+    (training again would make the same model: the seed is part of the recipe); else None."""
+    current = store.current(project)
+    names = store.version_names(project)
+    newer = names[names.index(current) + 1:] if current in names else names
+    for name in [*reversed(newer), *([current] if current else [])]:
+        manifest = store.manifest(project, name)
+        if manifest is not None and manifest.fingerprint == fingerprint:
+            return name if name == current else f"{name} (not promoted; {current or 'no model'} serves)"
+    return None
 
 
 def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:

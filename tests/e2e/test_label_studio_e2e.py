@@ -48,6 +48,7 @@ class ScenarioOutcome:
     runs_finished: int = 0
     pending_after_second_press: bool = False
     last_error: str | None = None
+    nothing_new: dict = field(default_factory=dict)  # /status's last result after a press with nothing new
     instruction: str = ""
     ml_description: str = ""
     project_id: int = 0
@@ -67,8 +68,11 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
     project_id = create_project(ls, "E2E restaurant reviews", label_config, instruction=LEAD_INSTRUCTION)
     annotated = examples_to_tasks(restaurant_examples(N_ANNOTATED, seed=5), label_config)
     unlabelled_texts = [example.text for example in restaurant_examples(N_UNLABELLED, seed=99)]
-    task_ids = import_tasks(ls, project_id, annotated + text_tasks(unlabelled_texts))
-    unlabelled = dict(zip(task_ids[N_ANNOTATED:], unlabelled_texts))
+    # one more task, annotated while the first run trains: the run that follows has something new to train on
+    late = examples_to_tasks(restaurant_examples(1, seed=123), label_config)[0]
+    task_ids = import_tasks(ls, project_id, annotated + text_tasks(unlabelled_texts) + text_tasks([late["data"]["text"]]))
+    unlabelled = dict(zip(task_ids[N_ANNOTATED:N_ANNOTATED + N_UNLABELLED], unlabelled_texts))
+    late_task = task_ids[-1]
     ml_id = connect_backend(ls, project_id, ml_backend.url, title="NER backend (e2e)")
 
     key = project_key(ls, project_id)
@@ -83,6 +87,9 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
     wait_until(lambda: status().runs_started >= 1, 60, "the first training run to start")
     probe.start()  # /setup, /webhook and /predict latency while training runs
     # Two more presses while the first run is going: they must coalesce into exactly one more run.
+    wait_until(lambda: status().progress.get("stage") not in (None, "starting", "fetching"), 60,
+               "the first run to have read the annotations")
+    ls.annotations.create(id=late_task, result=late["annotations"][0]["result"], was_cancelled=False)
     start_training(ls, ml_id)
     start_training(ls, ml_id)
     after_presses = status()
@@ -93,23 +100,28 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
                TRAINING_TIMEOUT_S, "training to finish (both runs)")
     all_runs_s = time.monotonic() - pressed
     training_latency = probe.stop().summary()
+    # nothing changed since the serving version was trained: a press makes no version
+    finished = status().runs_finished
+    start_training(ls, ml_id)
+    wait_until(lambda: status().runs_finished > finished, TRAINING_TIMEOUT_S, "the press with nothing new")
+    nothing_new = status().raw.get("last_result") or {}
 
     idle = LatencyProbe(ml_backend.url, key, label_config, unlabelled_texts)
     idle_latency = idle.sample(rounds=20).summary()
 
     final = status()
+    versions_body = get_json(f"{ml_backend.url}/versions?project={project_id}")
     serving_version = _setup_version(ml_backend.url, setup_body)
     retrieve_predictions(ls, project_id, list(unlabelled))
     predictions = {task_id: list(ls.predictions.list(task=task_id)) for task_id in unlabelled}
     project = ls.projects.get(id=project_id)
     record = ls.ml.get(id=ml_id)
-    versions_body = get_json(f"{ml_backend.url}/versions?project={project_id}")
     versions = versions_body.get("details", [])
 
     result = ScenarioOutcome(
         unlabelled=unlabelled, labels=set(LABELS), version_before=version_before, serving_version=serving_version,
         predictions=predictions, versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
-        pending_after_second_press=after_presses.pending, last_error=final.last_error,
+        pending_after_second_press=after_presses.pending, last_error=final.last_error, nothing_new=nothing_new,
         instruction=project.expert_instruction or "", ml_description=record.description or "",
         project_id=project_id,
         timings={
@@ -145,13 +157,18 @@ def test_the_annotated_tasks_are_read_in_one_export_request_without_paging(label
     sdk.tasks.list = no_paging
     tasks = LabelStudioClient(Credentials(label_studio.url, label_studio.token), sdk=sdk).annotated_tasks(
         outcome.project_id)
-    assert len(tasks) == N_ANNOTATED and all(task["annotations"] for task in tasks)
+    assert len(tasks) == N_ANNOTATED + 1 and all(task["annotations"] for task in tasks)  # with the late one
 
 
 def test_second_start_training_during_a_run_coalesces_into_exactly_one_more_run(outcome):
     assert outcome.pending_after_second_press, "presses during the first run did not schedule another run"
-    assert (outcome.runs_started, outcome.runs_finished) == (2, 2)
+    assert (outcome.runs_started, outcome.runs_finished) == (3, 3)  # the two runs, and the press with nothing new
     assert len(outcome.versions) == 2, f"expected one version per run, /versions has {outcome.versions}"
+
+
+def test_start_training_with_nothing_new_since_the_serving_version_makes_no_version(outcome):
+    assert outcome.nothing_new.get("version") is None
+    assert outcome.nothing_new.get("decision", "").startswith("nothing new since v"), outcome.nothing_new
 
 
 def test_retrieve_predictions_gives_one_prediction_per_task_from_the_new_version(outcome):
