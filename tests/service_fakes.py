@@ -97,9 +97,13 @@ class FakeJobs:
 class FakeLabelStudio:
     """A project as the training job sees it through ``ProjectClient``."""
 
-    def __init__(self, tasks: list[dict], config: str = CONFIG, instruction: str = "<p>Label dishes.</p>"):
+    def __init__(self, tasks: list[dict], config: str = CONFIG, instruction: str = "<p>Label dishes.</p>",
+                 unlabelled: list[dict] | None = None):
         self.tasks, self.config, self.instruction = tasks, config, instruction
+        self.unlabelled = list(unlabelled or [])  # tasks without annotations, with their "predictions"
         self.descriptions: list[str] = []
+        self.titles: list[str] = []
+        self.model_version: str | None = None
         self.edits = 0
 
     def edit_annotations(self) -> None:
@@ -121,6 +125,21 @@ class FakeLabelStudio:
     def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool:
         self.descriptions.append(description)
         return True
+
+    def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool:
+        self.titles.append(title)
+        return True
+
+    def unlabelled_tasks(self, project: int) -> list[dict]:
+        return [dict(task) for task in self.unlabelled]
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> None:
+        by_id = {task["id"]: task for task in self.unlabelled}
+        for prediction in predictions:
+            by_id[prediction["task"]].setdefault("predictions", []).append(prediction)
+
+    def set_model_version(self, project: int, version: str) -> None:
+        self.model_version = version
 
 
 def annotated_task(task_id: int, text: str, annotation_id: int | None = None) -> dict:

@@ -34,7 +34,7 @@ from backend.serving.app import create_app
 from backend.serving.jobs import JobQueue
 from backend.serving.service import NerService, RequestError, project_id
 from backend.serving.settings import Settings
-from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, TEMPORARY_PREFIX, ModelStore
+from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
 from backend.serving.training_run import train_project
 from tests.service_fakes import (
     CONFIG, CountingLoader, FakeJobs, FakeLabelStudio, add_version, annotated_task, write_model_folder,
@@ -208,6 +208,7 @@ def matrix(tmp_path):
     settings = Settings(model_dir=tmp_path / "models", train_every_n=1)  # any counted event would start a run
     store = ModelStore(settings.model_dir)
     add_version(store, PROJECT, LABELS)
+    store.record_publishing(PROJECT, {"version": "v1", "state": "published"})  # so /setup has nothing to publish
     jobs = FakeJobs()
 
     def client(**changes):
@@ -458,7 +459,7 @@ def _unexpected(names: list[str], allow_leftovers: bool = True) -> list[str]:
     """Entries of a project folder other than v<N> folders, current.json, promotions.json (and leftovers)."""
     allowed = set(_leftovers(names)) if allow_leftovers else set()
     return [name for name in names
-            if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS) or name in allowed)]
+            if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS, PUBLISHED) or name in allowed)]
 
 
 def _assert_versions_complete(store: ModelStore) -> None:

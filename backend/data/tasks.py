@@ -141,6 +141,17 @@ def spans_to_results(spans: Iterable[Span], schema: LabelSchema) -> list[dict]:
     return results
 
 
+def task_text(task: Any, data_key: str) -> str:
+    """The text a task holds under ``data_key``; "" when it has none (a task to give no suggestions).
+
+    >>> task_text({"data": {"text": "cheap thai"}}, "text"), task_text({"data": {}}, "text"), task_text(None, "text")
+    ('cheap thai', '', '')
+    """
+    data = task.get("data") if isinstance(task, dict) else None
+    text = data.get(data_key) if isinstance(data, dict) else None
+    return text if isinstance(text, str) else ""
+
+
 def task_name(task: dict, position: int | None = None) -> str:
     """How messages name a task: ``task 17`` by its id, else ``task #3`` by its 1-based position."""
     if isinstance(task, dict) and task.get("id") is not None:

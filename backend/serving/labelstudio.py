@@ -42,7 +42,7 @@ class ProjectExport:
 
 
 class ProjectClient(Protocol):
-    """What training needs from Label Studio (a fake implements it in tests)."""
+    """What training and publishing need from Label Studio (a fake implements it in tests)."""
 
     def label_config(self, project: int) -> str: ...
 
@@ -51,6 +51,14 @@ class ProjectClient(Protocol):
     def write_instruction_block(self, project: int, block_html: str) -> None: ...
 
     def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool: ...
+
+    def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool: ...
+
+    def unlabelled_tasks(self, project: int) -> list[dict]: ...
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> None: ...
+
+    def set_model_version(self, project: int, version: str) -> None: ...
 
 
 def replace_report_block(instruction: str | None, block_html: str) -> str:
@@ -160,17 +168,46 @@ class LabelStudioClient:
         self._call(f"updating the instructions of project {project}", self._ls.projects.update,
                    id=project, expert_instruction=text)
 
+    def unlabelled_tasks(self, project: int) -> list[dict]:
+        """Every task of ``project`` without any annotation, with its predictions (their ``model_version``), in
+        one request: Label Studio's JSON export of all tasks."""
+        def export() -> list[dict]:
+            chunks = self._ls.projects.exports.download_sync(id=project, export_type="JSON", download_all_tasks=True)
+            data = json.loads(b"".join(chunks) if not isinstance(chunks, (bytes, str)) else chunks)
+            return data if isinstance(data, list) else data.get("tasks", [])
+
+        tasks = self._call(f"exporting the tasks of project {project}", export)
+        return [task for task in (_as_dict(task) for task in tasks) if not task.get("annotations")]
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> None:
+        """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request."""
+        self._call(f"importing {len(predictions)} predictions into project {project}", self._ls.projects.import_predictions,
+                   id=project, request=predictions)
+
+    def set_model_version(self, project: int, version: str) -> None:
+        """Make ``version`` the project's model version: the predictions the labeling stream shows, and those the
+        Data Manager's "Prediction score" column averages."""
+        self._call(f"setting the model version of project {project}", self._ls.projects.update,
+                   id=project, model_version=version)
+
+    def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool:
+        """Set the title of this backend's ML record (its card in Settings -> Model); see ``write_ml_description``."""
+        return self._update_ml_record(project, backend_url, title=title)
+
     def write_ml_description(self, project: int, description: str, backend_url: str | None) -> bool:
         """Set the description of this backend's ML record in ``project``; False when it cannot be told apart.
 
         The record is the one whose URL is ``backend_url`` (BACKEND_URL), else the project's only record.
         """
+        return self._update_ml_record(project, backend_url, description=description)
+
+    def _update_ml_record(self, project: int, backend_url: str | None, **fields: str) -> bool:
         records = list(self._call(f"listing the ML backends of project {project}", self._ls.ml.list, project=project))
         if backend_url:
             records = [r for r in records if (r.url or "").rstrip("/") == backend_url.rstrip("/")]
         if len(records) != 1:
-            log.warning("project %s: %d matching ML backend records; description not written (set BACKEND_URL)",
-                        project, len(records))
+            log.warning("project %s: %d matching ML backend records; %s not written (set BACKEND_URL)",
+                        project, len(records), ", ".join(fields))
             return False
         record = records[0]
         # Label Studio answers 500 to a PATCH of an ML record without url and project in the body, and checks the
@@ -181,7 +218,7 @@ class LabelStudioClient:
             auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": self.backend_auth[0],
                     "basic_auth_pass": self.backend_auth[1]}
         self._call(f"updating ML backend {record.id} of project {project}", self._ls.ml.update,
-                   id=record.id, url=record.url, project=project, description=description, **auth)
+                   id=record.id, url=record.url, project=project, **fields, **auth)
         return True
 
 

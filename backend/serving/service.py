@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backend.data.schema import LabelConfigError, LabelSchema, parse_label_config
-from backend.data.tasks import spans_to_results
+from backend.data.tasks import spans_to_results, task_text
 from backend.serving.jobs import JobQueue
 from backend.serving.labelstudio import confirm_project_exists
 from backend.serving.batching import Admission
@@ -22,7 +22,7 @@ from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
 from backend.serving.store import LOW_DISK_MB, ModelStore, free_megabytes
-from backend.serving.training_run import run_training_job
+from backend.serving.training_run import PUBLISH, run_training_job
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ MODEL_CLASS = "NerBackend"
 # Label Studio 1.23 names the delete event ANNOTATIONS_DELETED (tasks/api.py); the singular is kept for older ones
 TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
 START_TRAINING = "START_TRAINING"
+TASKS_CREATED = "TASKS_CREATED"  # new tasks: the serving version's predictions are published for them
 
 
 class RequestError(ValueError):
@@ -147,6 +148,9 @@ class NerService:
         if isinstance(body.get("access_token"), str) and body["access_token"].strip():
             state.access_token = body["access_token"].strip()
         self.models.prefetch(project)
+        current = self.store.current(project)
+        if current is not None and self.store.publishing(project).get("version") != current:
+            self._publish(project, state)  # a project that connects with a version never published into it
         return {"model_version": self.models.version_name(project, self._schema(project, None))}
 
     def predict(self, body: dict) -> list[dict]:
@@ -163,7 +167,7 @@ class NerService:
         if model is None:
             version = self.models.version_name(project, schema) if schema is not None else UNTRAINED
             return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
-        texts = [_task_text(task, schema) for task in tasks]
+        texts = [task_text(task, schema.data_key) for task in tasks]
         with self._admission:  # Overloaded (503) when too many wait: they must not hold every server thread
             predictions = model.predict(texts)
         if len(predictions) != len(tasks):
@@ -182,7 +186,7 @@ class NerService:
         if not isinstance(body, dict):
             return WebhookOutcome("", None, "ignored: the body is not a JSON object")
         action = str(body.get("action") or "")
-        if action != START_TRAINING and action not in TRAIN_ACTIONS:
+        if action not in (START_TRAINING, TASKS_CREATED) and action not in TRAIN_ACTIONS:
             return WebhookOutcome(action, None, "ignored")
         try:
             project = project_id(body.get("project"))
@@ -196,6 +200,8 @@ class NerService:
         state = self._state(project)
         if action == START_TRAINING:
             return WebhookOutcome(action, project, self._start_training(project, state))
+        if action == TASKS_CREATED:
+            return WebhookOutcome(action, project, self._publish(project, state))
         annotation = body.get("annotation")
         if action == "ANNOTATION_CREATED" and isinstance(annotation, dict) and annotation.get("was_cancelled"):
             # a skipped task: training never uses cancelled annotations, so it is no reason to train again
@@ -215,6 +221,19 @@ class NerService:
         # a file); the child prefers LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY from the settings.
         payload = {"hostname": state.hostname, "access_token": state.access_token}
         return self.jobs.trigger(project, payload)
+
+    def _publish(self, project: str, state: ProjectState) -> str:
+        """Publish the serving version's predictions in a job of its own (never in this process), unless publishing
+        is off, no version serves, or a run is going and another one waits (it publishes what it promotes)."""
+        if not self.settings.publish_predictions:
+            return "ignored: PUBLISH_PREDICTIONS is off"
+        if self.store.current(project) is None:
+            return "ignored: no version serves yet"
+        job = self.jobs.status(project)
+        if job.running and job.pending:
+            return "already scheduled"
+        payload = {"hostname": state.hostname, "access_token": state.access_token, "action": PUBLISH}
+        return f"publishing: {self.jobs.trigger(project, payload)}"
 
     def _known(self, project: str) -> bool:
         """Whether ``project`` was set up here, has a version or a training run, or Label Studio confirms it."""
@@ -256,6 +275,10 @@ class NerService:
         if isinstance(last_result, dict) and last_result.get("report_error"):
             warnings.append(f"the scores of {last_result.get('version')} could not be written into Label Studio "
                             f"({last_result['report_error']}); the version is kept, and the next run reports again")
+        publishing = self.store.publishing(project) if self.store.has_project(project) else {}
+        if publishing.get("state") == "failed":
+            warnings.append(f"the predictions of {publishing.get('version')} could not be written into Label Studio "
+                            f"({publishing.get('error')}); they are published again at the next promotion")
         free = free_megabytes(self.store.root)
         if free is not None and free < LOW_DISK_MB:
             warnings.append(f"only {free:.0f} MB free on the disk of MODEL_DIR: training needs room for a new "
@@ -304,10 +327,3 @@ class NerService:
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
-
-
-def _task_text(task: Any, schema: LabelSchema) -> str:
-    """The text a task holds under the config's data key; "" (no suggestions) when it has none."""
-    data = task.get("data") if isinstance(task, dict) else None
-    text = data.get(schema.data_key) if isinstance(data, dict) else None
-    return text if isinstance(text, str) else ""

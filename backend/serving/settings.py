@@ -109,6 +109,8 @@ class Settings:
     validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
     max_request_bytes: int = 64 * 1024 * 1024
     train_nice: int = 10
+    publish_predictions: bool = True  # write each promoted version's predictions into Label Studio
+    publish_max_tasks: int = 10_000  # unannotated tasks a promotion publishes at most (lowest task id first)
     keep_versions: int | None = 3  # promoted versions kept besides the serving one and the newest run; None: all
     training: RecipeOverrides = RecipeOverrides()  # TRAIN_<KNOB> for every TrainingConfig knob
 
@@ -171,5 +173,7 @@ class Settings:
                                      cls.max_request_bytes),
             train_nice=_parse(env, "TRAIN_NICE", NOT_NEGATIVE, cls.train_nice),
             keep_versions=_parse(env, "KEEP_VERSIONS", KEEP, cls.keep_versions),
+            publish_predictions=_parse(env, "PUBLISH_PREDICTIONS", BOOLEAN, cls.publish_predictions),
+            publish_max_tasks=_parse(env, "PUBLISH_MAX_TASKS", NOT_NEGATIVE, cls.publish_max_tasks),
             training=training,
         )

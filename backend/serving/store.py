@@ -22,6 +22,7 @@ from backend.model.metrics import Scores
 
 MANIFEST = "manifest.json"
 POINTER = "current.json"
+PUBLISHED = "published.json"  # the last version whose predictions were written into Label Studio, and how it went
 PROMOTIONS = "promotions.json"  # every version the pointer has named, oldest first: the truth of "promoted"
 TEMPORARY_PREFIX = ".tmp-"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -325,6 +326,14 @@ class ModelStore:
     def _promotion_history(self, project: str) -> list[str]:
         data = read_json(self.project_dir(project) / PROMOTIONS)
         return [name for name in data if isinstance(name, str) and _VERSION.match(name)] if isinstance(data, list) else []
+
+    def record_publishing(self, project: str, record: dict[str, Any]) -> None:
+        write_json_atomically(self.project_dir(project) / PUBLISHED, record)
+
+    def publishing(self, project: str) -> dict[str, Any]:
+        """The record of the project's last publishing (``version``, ``state``, counts); {} before any."""
+        data = read_json(self.project_dir(project) / PUBLISHED)
+        return data if isinstance(data, dict) else {}
 
     def disk_bytes(self, project: str) -> int:
         """Bytes the project's folder holds (versions, pointer, leftovers)."""

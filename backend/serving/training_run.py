@@ -28,6 +28,7 @@ from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
 log = logging.getLogger(__name__)
 
 MIN_TRAINING_TASKS = 2
+PUBLISH = "publish"  # a job payload's action: publish the serving version only, no training
 
 
 class TrainingDataError(RuntimeError):
@@ -55,6 +56,8 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     store = ModelStore(settings.model_dir)
     backend_auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
     client = LabelStudioClient(credentials_for(settings, payload), backend_auth=backend_auth)
+    if payload.get("action") == PUBLISH:
+        return publish_project(settings, project, client, store, progress)
     try:
         return train_project(settings, project, client, store, progress)
     except Exception as error:
@@ -74,9 +77,11 @@ def train_project(
     progress: ProgressCallback | None = None,
     train_fn: Callable | None = None,
     evaluate_fn: Callable | None = None,
+    load_predictor: Callable | None = None,
 ) -> dict[str, Any]:
     """One training run: fetch -> convert -> split -> train -> evaluate candidate and current -> keep the
-    version, promote it if not worse -> report back. Returns a summary (JSON-able)."""
+    version, promote it if not worse -> report back -> publish a promoted version's predictions. Returns a
+    summary (JSON-able). ``train_fn``, ``evaluate_fn`` and ``load_predictor`` replace the real ones (tests)."""
     if train_fn is None or evaluate_fn is None:
         from backend.model.train import evaluate_model, train_model
 
@@ -155,10 +160,43 @@ def train_project(
         progress("reporting")
         report_error = _report_back(settings, client, project_number, instruction_block(manifest),
                                     ml_description(manifest))
+    published, publish_error = None, None
+    if manifest.promoted and settings.publish_predictions:
+        published, publish_error = _publish(settings, project, version, client, store, progress, load_predictor)
     return {"version": version, "promoted": manifest.promoted, "f1": manifest.f1,
             "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
             "train_size": manifest.train_size, "validation_size": manifest.validation_size,
-            "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error}
+            "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
+            "published": published, "publish_error": publish_error}
+
+
+def publish_project(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
+                    progress: ProgressCallback) -> dict[str, Any]:
+    """A job of its own: publish the serving version (a project that connected, new tasks imported)."""
+    version = store.current(project)
+    if version is None:
+        return {"version": None, "decision": "nothing to publish: no version serves yet"}
+    published, error = _publish(settings, project, version, client, store, progress)
+    if error:
+        raise RuntimeError(f"publishing {version}: {error}")
+    return {"version": version, "decision": f"published {version}", "published": published}
+
+
+def _publish(settings: Settings, project: str, version: str, client: ProjectClient, store: ModelStore,
+             progress: ProgressCallback, load: Callable | None = None) -> tuple[dict | None, str | None]:
+    """``publish`` whose failure is returned, not raised: the version serves whatever happens to its publishing,
+    and the next promotion publishes again."""
+    from backend.serving.publishing import publish
+
+    try:
+        folder = store.version_dir(project, version)
+        return publish(settings, project, version, folder, client, store, progress, **({"load": load} if load else {})), None
+    except Exception as error:  # noqa: BLE001
+        log.warning("project %s: could not publish the predictions of %s: %s", project, version, error)
+        message = f"{type(error).__name__}: {error}"
+        store.record_publishing(project, {"version": version, "state": "failed", "error": message,
+                                          "finished_at": utc_now()})
+        return None, message
 
 
 def training_fingerprint(settings: Settings, config: Any, schema: LabelSchema, tasks: list[tuple[Any, dict]]) -> str:

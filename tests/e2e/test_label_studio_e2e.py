@@ -43,6 +43,9 @@ class ScenarioOutcome:
     version_before: str | None
     serving_version: str
     predictions: dict[int, list] = field(default_factory=dict)  # task id -> Label Studio prediction objects
+    published: dict[int, list] = field(default_factory=dict)  # the same, before anyone asked for predictions
+    project_model_version: str | None = None
+    scores: dict[int, object] = field(default_factory=dict)  # task id -> the Data Manager's "Prediction score"
     versions: list[dict] = field(default_factory=list)
     runs_started: int = 0
     runs_finished: int = 0
@@ -112,6 +115,12 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
     final = status()
     versions_body = get_json(f"{ml_backend.url}/versions?project={project_id}")
     serving_version = _setup_version(ml_backend.url, setup_body)
+    published = {task_id: list(ls.predictions.list(task=task_id)) for task_id in unlabelled}
+    model_version = ls.projects.get(id=project_id).model_version
+    table = get_json(f"{label_studio.url}/api/tasks?project={project_id}&fields=all&page_size=1000",
+                     headers={"Authorization": f"Token {label_studio.token}"})
+    scores = {task["id"]: task.get("predictions_score") for task in table.get("tasks", [])
+              if task["id"] in unlabelled}
     retrieve_predictions(ls, project_id, list(unlabelled))
     predictions = {task_id: list(ls.predictions.list(task=task_id)) for task_id in unlabelled}
     project = ls.projects.get(id=project_id)
@@ -120,7 +129,8 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
 
     result = ScenarioOutcome(
         unlabelled=unlabelled, labels=set(LABELS), version_before=version_before, serving_version=serving_version,
-        predictions=predictions, versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
+        predictions=predictions, published=published, project_model_version=model_version, scores=scores,
+        versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
         pending_after_second_press=after_presses.pending, last_error=final.last_error, nothing_new=nothing_new,
         instruction=project.expert_instruction or "", ml_description=record.description or "",
         project_id=project_id,
@@ -171,17 +181,40 @@ def test_start_training_with_nothing_new_since_the_serving_version_makes_no_vers
     assert outcome.nothing_new.get("decision", "").startswith("nothing new since v"), outcome.nothing_new
 
 
-def test_retrieve_predictions_gives_one_prediction_per_task_from_the_new_version(outcome):
+def _promoted(outcome) -> list[str]:
+    return [v["version"] for v in outcome.versions if v.get("promoted")]
+
+
+def test_every_promoted_version_is_published_for_every_unlabelled_task_without_anyone_asking(outcome):
+    assert outcome.serving_version in _promoted(outcome)
+    for task_id, predictions in outcome.published.items():
+        assert sorted(p.model_version for p in predictions) == sorted(_promoted(outcome)), f"task {task_id}"
+    # the labeling stream and the Data Manager's score column follow the project's model version
+    assert outcome.project_model_version == outcome.serving_version
+
+
+def test_the_data_managers_prediction_score_is_the_serving_versions_score(outcome):
+    for task_id, predictions in outcome.published.items():
+        serving = [p.score for p in predictions if p.model_version == outcome.serving_version]
+        assert outcome.scores[task_id] is not None, f"task {task_id}: blank Prediction score"
+        assert abs(float(outcome.scores[task_id]) - serving[0]) < 1e-6
+
+
+def test_retrieve_predictions_afterwards_writes_no_second_prediction_of_a_version(outcome):
     for task_id, predictions in outcome.predictions.items():
-        assert len(predictions) == 1, f"task {task_id} has {len(predictions)} predictions"
-        assert predictions[0].model_version == outcome.serving_version
+        versions = [p.model_version for p in predictions]
+        assert len(versions) == len(set(versions)) and outcome.serving_version in versions, f"task {task_id}"
+
+
+def _serving(outcome, predictions):
+    return next(p for p in predictions if p.model_version == outcome.serving_version)
 
 
 def test_predicted_spans_have_exact_offsets_and_known_labels(outcome):
     spans = 0
     for task_id, predictions in outcome.predictions.items():
         text = outcome.unlabelled[task_id]
-        for result in predictions[0].result:
+        for result in _serving(outcome, predictions).result:
             value = result["value"]
             assert text[value["start"]:value["end"]] == value["text"], f"task {task_id}: {value}"
             assert set(value["labels"]) <= outcome.labels

@@ -204,16 +204,22 @@ _HEAD_JS = """() => {
 _ROWS_JS = """() => Array.from(document.querySelectorAll('[data-testid=table-row]')).map(
   row => Array.from(row.children).map(cell => cell.innerText.trim()))"""
 
-_SCROLL_JS = """(step) => {
+# the virtual list's scrolling element: the first ancestor of a row that scrolls
+_FIND_SCROLLER = """
   const row = document.querySelector('[data-testid=table-row]');
   let el = row && row.parentElement;
   while (el && !(el.scrollHeight > el.clientHeight + 1 && getComputedStyle(el).overflowY !== 'visible')) {
     el = el.parentElement;
-  }
-  if (!el) return {done: true};
+  }"""
+_SCROLL_JS = """(step) => {""" + _FIND_SCROLLER + """
+  if (!el) return {done: true, height: 0};
   if (step === 0) el.scrollTop = 0; else el.scrollTop = el.scrollTop + step * el.clientHeight;
-  return {done: el.scrollTop + el.clientHeight >= el.scrollHeight - 2, top: el.scrollTop};
+  return {done: el.scrollTop + el.clientHeight >= el.scrollHeight - 2, height: el.scrollHeight};
 }"""
+_GREW_JS = """(height) => {""" + _FIND_SCROLLER + """
+  return !el || el.scrollHeight > height;
+}"""
+
 
 
 def table_columns(page) -> list[tuple[str | None, str]]:
@@ -221,28 +227,38 @@ def table_columns(page) -> list[tuple[str | None, str]]:
     return [tuple(column) for column in (page.evaluate(_HEAD_JS) or [])]
 
 
-def table_rows(page, max_scrolls: int = 200) -> dict[int, DataManagerRow]:
-    """Every row of the Data Manager table by task id, scrolling its virtual list (it renders only visible rows and
-    loads further pages as one scrolls). Cells are keyed by column id (see ``table_columns``)."""
+def table_rows(page, timeout_s: float = 60.0) -> dict[int, DataManagerRow]:
+    """Every row of the Data Manager table by task id, scrolling its virtual list (it renders only the visible rows
+    and loads a further page of tasks when one scrolls to its end). Cells are keyed by column id (``table_columns``);
+    reading stops when as many rows were read as the footer's "Tasks: <shown> / <total>" says are shown."""
     columns = table_columns(page)
+    expected = table_shown_count(page)
     rows: dict[int, DataManagerRow] = {}
     page.evaluate(_SCROLL_JS, 0)
-    quiet = 0
-    for _ in range(max_scrolls):
-        page.wait_for_timeout(150)
-        _wait_idle(page)
+    page.wait_for_timeout(200)
+    deadline = time.monotonic() + timeout_s
+    stuck = 0
+    while time.monotonic() < deadline:
         before = len(rows)
         for cells in page.evaluate(_ROWS_JS):
             named = {column_id: text for (column_id, _), text in zip(columns, cells) if column_id}
             try:
                 task_id = int(named.get(ID, ""))
             except ValueError:
-                continue  # a skeleton row still loading
+                continue  # a placeholder row whose task is still loading
             rows[task_id] = DataManagerRow(task_id, named)
-        state = page.evaluate(_SCROLL_JS, 0.7)
-        quiet = quiet + 1 if len(rows) == before else 0
-        if state.get("done") and quiet >= 2:
+        if expected is not None and len(rows) >= expected:
             break
+        state = page.evaluate(_SCROLL_JS, 0.7)
+        if state.get("done"):
+            try:  # at the end of what is loaded: wait for the next page of tasks to grow the list
+                page.wait_for_function(_GREW_JS, arg=state.get("height", 0), timeout=3_000)
+            except Exception:  # noqa: BLE001 - nothing more to load
+                pass
+            stuck = stuck + 1 if len(rows) == before else 0
+            if stuck >= 3:
+                break
+        page.wait_for_timeout(150)
     page.evaluate(_SCROLL_JS, 0)
     return rows
 
@@ -253,13 +269,19 @@ def prediction_cells(page) -> dict[int, tuple[str, str]]:
 
 
 def table_total(page) -> str:
-    """The footer's "Tasks: shown / total" text of the Data Manager."""
+    """The footer's "Tasks: <shown> / <total>" text of the Data Manager ("" when there is none)."""
     match = re.search(r"Tasks:\s*\d+\s*/\s*\d+", page.inner_text("body"))
     return match.group(0) if match else ""
 
 
+def table_shown_count(page) -> int | None:
+    """How many tasks the Data Manager says its table shows (the footer's <shown>), None when it says nothing."""
+    match = re.search(r"Tasks:\s*(\d+)\s*/", table_total(page))
+    return int(match.group(1)) if match else None
+
+
 _SPANS_JS = """() => {
-  const root = document.querySelector('.htx-richtext') || document;
+  const root = document.querySelector('.lsf-richtext__container') || document;
   const spans = Array.from(root.querySelectorAll('span.htx-highlight'));
   const regions = new Map();
   for (const span of spans) {
@@ -440,7 +462,7 @@ class LabelStudioBrowser:
         """One task opened in the Data Manager's labelling view (/projects/<id>/data?task=<task id>)."""
         page = self.page
         page.goto(f"{self.url}/projects/{project_id}/data?task={task_id}")
-        page.wait_for_selector(".htx-richtext")
+        page.wait_for_selector(".lsf-richtext__container")
         page.wait_for_selector(".lsf-annotation-button")
         _wait_idle(page)
         _settle_spans(page)
