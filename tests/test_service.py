@@ -291,3 +291,25 @@ def test_a_press_after_a_version_that_was_not_promoted_does_not_train_the_same_d
     summary = train_project(settings, "3", client, store, train_fn=again.train, evaluate_fn=again.evaluate)
     assert summary["version"] is None and summary["decision"].startswith("nothing new since v2 (not promoted; v1")
     assert again.trained_on is None and store.version_names("3") == ["v1", "v2"]
+
+
+def test_the_model_card_title_tells_the_state_of_each_run(settings):
+    client = FakeLabelStudio(_tasks())
+    _train(settings, client, FakeTraining(candidate_f1=0.8))
+    assert client.titles == ["NER · training 0%", "NER · training 100%", "NER · v1 serving · F1 0.800"]
+    _train(settings, client, FakeTraining(candidate_f1=0.5, current_f1=0.8))
+    assert client.titles[-1] == "NER · v2 kept v1 (F1 0.500 < 0.800)"
+    store = ModelStore(settings.model_dir)
+    train_project(settings, "3", client, store, train_fn=FakeTraining().train, evaluate_fn=FakeTraining().evaluate)
+    assert client.titles[-1] == "NER · v1 serving · nothing new"
+
+
+def test_a_failed_run_says_so_on_the_model_card(settings, monkeypatch):
+    import backend.serving.training_run as training_run_module
+    from backend.serving.training_run import run_training_job
+
+    client = FakeLabelStudio(_tasks()[:1])
+    monkeypatch.setattr(training_run_module, "LabelStudioClient", lambda credentials, **_: client)
+    with pytest.raises(TrainingDataError):
+        run_training_job(settings, "3", {"hostname": "http://ls:8080", "access_token": "t"}, lambda *a, **k: None)
+    assert client.titles[-1].startswith("NER · training failed: project 3 has 1 usable annotated task")

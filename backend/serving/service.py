@@ -224,14 +224,13 @@ class NerService:
 
     def _publish(self, project: str, state: ProjectState) -> str:
         """Publish the serving version's predictions in a job of its own (never in this process), unless publishing
-        is off, no version serves, or a run is going and another one waits (it publishes what it promotes)."""
+        is off, no version serves, or a run is going (it publishes what it promotes)."""
         if not self.settings.publish_predictions:
             return "ignored: PUBLISH_PREDICTIONS is off"
         if self.store.current(project) is None:
             return "ignored: no version serves yet"
-        job = self.jobs.status(project)
-        if job.running and job.pending:
-            return "already scheduled"
+        if self.jobs.status(project).running:
+            return "ignored: a run is going; it publishes the version it promotes"
         payload = {"hostname": state.hostname, "access_token": state.access_token, "action": PUBLISH}
         return f"publishing: {self.jobs.trigger(project, payload)}"
 

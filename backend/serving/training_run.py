@@ -28,6 +28,7 @@ from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
 log = logging.getLogger(__name__)
 
 MIN_TRAINING_TASKS = 2
+TITLE_LENGTH = 200  # Label Studio's ML record title is a CharField of max_length 256
 PUBLISH = "publish"  # a job payload's action: publish the serving version only, no training
 
 
@@ -66,6 +67,8 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
             when = utc_now()
             _report_back(settings, client, int(project), failure_block(message, store.current(project), when),
                          failure_description(message, store.current(project), when))
+            reason = (str(error) or type(error).__name__).splitlines()[0][:120]
+            Card(settings, client, int(project)).show(f"NER · training failed: {reason}")
         raise
 
 
@@ -88,6 +91,7 @@ def train_project(
         train_fn, evaluate_fn = train_fn or train_model, evaluate_fn or evaluate_model
     progress = progress or (lambda *args, **kwargs: None)
     project_number = int(project)
+    card = Card(settings, client, project_number)
 
     progress("fetching")
     schema = parse_label_config(client.label_config(project_number))
@@ -101,9 +105,11 @@ def train_project(
         decision = (f"nothing new since {unchanged}: the same annotations, label config and recipe it was trained "
                     "on; no new version")
         log.info("project %s: %s", project, decision)
-        return {"version": None, "promoted": False, "f1": None, "previous_version": unchanged, "previous_f1": None,
-                "train_size": 0, "validation_size": 0, "decision": decision, "deleted_versions": [],
-                "report_error": None}
+        summary = {"version": None, "promoted": False, "f1": None, "previous_version": store.current(project),
+                   "previous_f1": None, "train_size": 0, "validation_size": 0, "decision": decision,
+                   "deleted_versions": [], "report_error": None}
+        card.show(outcome_title(summary))
+        return summary
     train_examples, validation_examples = split_examples(keyed, settings.validation_fraction)
 
     progress("training", step=0, total_steps=0)
@@ -114,7 +120,9 @@ def train_project(
 
         def on_progress(p) -> None:
             progress("training", step=p.step, total_steps=p.total_steps, epoch=p.epoch)
+            card.training(p.step, p.total_steps)
 
+        card.training(0, 0)
         # Training picks its best epoch on a carve of its own: the project's validation split stays unseen, so
         # the candidate and the current model are compared on equal terms.
         result = train_fn(train_examples, schema.bio_labels, config, temporary, progress=on_progress)
@@ -160,14 +168,16 @@ def train_project(
         progress("reporting")
         report_error = _report_back(settings, client, project_number, instruction_block(manifest),
                                     ml_description(manifest))
-    published, publish_error = None, None
+    summary = {"version": version, "promoted": manifest.promoted, "f1": manifest.f1,
+               "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
+               "train_size": manifest.train_size, "validation_size": manifest.validation_size,
+               "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
+               "published": None, "publish_error": None}
+    card.show(outcome_title(summary))
     if manifest.promoted and settings.publish_predictions:
-        published, publish_error = _publish(settings, project, version, client, store, progress, load_predictor)
-    return {"version": version, "promoted": manifest.promoted, "f1": manifest.f1,
-            "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
-            "train_size": manifest.train_size, "validation_size": manifest.validation_size,
-            "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
-            "published": published, "publish_error": publish_error}
+        summary["published"], summary["publish_error"] = _publish(settings, project, version, client, store,
+                                                                  progress, load_predictor)
+    return summary
 
 
 def publish_project(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
@@ -223,6 +233,41 @@ def _unchanged_since(store: ModelStore, project: str, fingerprint: str) -> str |
         if manifest is not None and manifest.fingerprint == fingerprint:
             return name if name == current else f"{name} (not promoted; {current or 'no model'} serves)"
     return None
+
+
+class Card:
+    """The backend's card in Label Studio's Settings -> Model: its title (which Label Studio 1.23 displays) tells
+    the run's state, written only when it changes; a failure to write it is logged, never fatal."""
+
+    def __init__(self, settings: Settings, client: ProjectClient, project: int):
+        self.settings, self.client, self.project = settings, client, project
+        self.shown: str | None = None
+
+    def show(self, title: str) -> None:
+        if not self.settings.report_to_label_studio or title == self.shown:
+            return
+        self.shown = title
+        try:
+            self.client.write_ml_title(self.project, title[:TITLE_LENGTH], self.settings.backend_url)
+        except Exception as error:  # noqa: BLE001
+            log.warning("project %s: could not update the model card's title: %s", self.project, error)
+
+    def training(self, step: int, total_steps: int) -> None:
+        quarter = 4 * step // total_steps if total_steps else 0
+        self.show(f"NER · training {25 * quarter}%")
+
+
+def outcome_title(summary: dict[str, Any]) -> str:
+    """The card's title after a run: what serves now and why."""
+    f1 = summary.get("f1")
+    scored = f" · F1 {f1:.3f}" if isinstance(f1, float) else ""
+    if summary.get("version") is None:
+        return f"NER · {summary.get('previous_version') or 'no model'} serving · nothing new"
+    if summary.get("promoted"):
+        return f"NER · {summary['version']} serving{scored}"
+    previous_f1 = summary.get("previous_f1")
+    why = f" (F1 {f1:.3f} < {previous_f1:.3f})" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
+    return f"NER · {summary['version']} kept {summary.get('previous_version')}{why}"
 
 
 def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:

@@ -54,6 +54,7 @@ class ScenarioOutcome:
     nothing_new: dict = field(default_factory=dict)  # /status's last result after a press with nothing new
     instruction: str = ""
     ml_description: str = ""
+    ml_title: str = ""
     project_id: int = 0
     timings: dict = field(default_factory=dict)
 
@@ -133,6 +134,7 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
         versions=versions, runs_started=final.runs_started, runs_finished=final.runs_finished,
         pending_after_second_press=after_presses.pending, last_error=final.last_error, nothing_new=nothing_new,
         instruction=project.expert_instruction or "", ml_description=record.description or "",
+        ml_title=record.title or "",
         project_id=project_id,
         timings={
             "start_training_to_new_version_serving_s": round(time_to_serving_s, 1),
@@ -231,3 +233,8 @@ def test_scores_are_in_the_project_instructions_and_the_ml_record(outcome):
     missing = [label for label in outcome.labels if label not in outcome.instruction]
     assert not missing, f"the per-entity table lacks {missing}"
     assert latest in outcome.ml_description and f"F1 {f1}" in outcome.ml_description
+
+
+def test_the_model_card_title_says_which_version_serves(outcome):
+    # the last press had nothing new: the card says so, and which version serves
+    assert outcome.ml_title == f"NER · {outcome.serving_version} serving · nothing new", outcome.ml_title
