@@ -1,5 +1,6 @@
 """How a training run's scores are shown: the block in the project's instructions, the ML record's one-line
-description, and the ``GET /report`` page (per-entity table and F1 bars, no JavaScript).
+description and its title (the model card), and the ``GET /report`` page (per-entity table and F1 bars, no
+JavaScript).
 """
 from __future__ import annotations
 
@@ -102,6 +103,19 @@ def ml_description(manifest: Manifest) -> str:
 def failure_description(error: str, serving: str | None, when: str) -> str:
     first_line = error.splitlines()[0] if error else "unknown error"
     return f"training failed {when}: {first_line[:200]}; serving {serving or 'no model yet'}"
+
+
+def outcome_title(summary: dict[str, Any]) -> str:
+    """The card's title after a run: what serves now and why."""
+    f1 = summary.get("f1")
+    scored = f" · F1 {f1:.3f}" if isinstance(f1, float) else ""
+    if summary.get("version") is None:
+        return f"NER · {summary.get('previous_version') or 'no model'} serving · nothing new"
+    if summary.get("promoted"):
+        return f"NER · {summary['version']} serving{scored}"
+    previous_f1 = summary.get("previous_f1")
+    why = f" (F1 {f1:.3f} < {previous_f1:.3f})" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
+    return f"NER · {summary['version']} kept {summary.get('previous_version')}{why}"
 
 
 _PAGE_STYLE = """

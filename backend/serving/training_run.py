@@ -21,7 +21,7 @@ from backend.model.metrics import Scores
 from backend.serving.jobs import ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
-from backend.serving.report import failure_block, failure_description, instruction_block, ml_description
+from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
 from backend.serving.settings import Settings
 from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
 
@@ -200,7 +200,8 @@ def _publish(settings: Settings, project: str, version: str, client: ProjectClie
 
     try:
         folder = store.version_dir(project, version)
-        return publish(settings, project, version, folder, client, store, progress, **({"load": load} if load else {})), None
+        options = {"load": load} if load else {}
+        return publish(settings, project, version, folder, client, store, progress, **options), None
     except Exception as error:  # noqa: BLE001
         log.warning("project %s: could not publish the predictions of %s: %s", project, version, error)
         message = f"{type(error).__name__}: {error}"
@@ -255,19 +256,6 @@ class Card:
     def training(self, step: int, total_steps: int) -> None:
         quarter = 4 * step // total_steps if total_steps else 0
         self.show(f"NER · training {25 * quarter}%")
-
-
-def outcome_title(summary: dict[str, Any]) -> str:
-    """The card's title after a run: what serves now and why."""
-    f1 = summary.get("f1")
-    scored = f" · F1 {f1:.3f}" if isinstance(f1, float) else ""
-    if summary.get("version") is None:
-        return f"NER · {summary.get('previous_version') or 'no model'} serving · nothing new"
-    if summary.get("promoted"):
-        return f"NER · {summary['version']} serving{scored}"
-    previous_f1 = summary.get("previous_f1")
-    why = f" (F1 {f1:.3f} < {previous_f1:.3f})" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
-    return f"NER · {summary['version']} kept {summary.get('previous_version')}{why}"
 
 
 def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:
