@@ -7,8 +7,8 @@ prediction columns shown) and opens two unlabelled tasks: one that never had a p
 old version's. Each test states one thing a person relies on; every step leaves a full-page screenshot (the folder is
 printed as ``screenshots: <path>``; env SCREENSHOT_DIR chooses it).
 
-Two tests are expected to fail until the backend publishes each promoted version's predictions into Label Studio
-and sets the project's model_version (marked xfail, not strict: they turn into XPASS when that lands).
+Two of them hold because the backend publishes each promoted version's predictions into Label Studio and makes it
+the project's model version (without that, the score column is blank and the old version's task keeps its spans).
 """
 from __future__ import annotations
 
@@ -58,10 +58,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 N_ANNOTATED = 60
 N_UNLABELLED = 10
 TRAINING_TIMEOUT_S = 150
-
-PUBLISHING = ("the backend does not yet publish a promoted version's predictions into Label Studio nor set the "
-              "project's model_version (being built)")
-
 
 @dataclass
 class OpenedTask:
@@ -210,7 +206,7 @@ def test_the_table_shows_what_the_data_manager_api_holds(seen):
         assert row.predictions == str(task["total_predictions"]), f"task {task_id}: {row.cells}"
         shown = {v.strip() for v in row.model_versions.split(",") if v.strip()}
         held = {v.strip() for v in (task["predictions_model_versions"] or "").split(",") if v.strip()}
-        assert shown == held, f"task {task_id}: table {row.model_versions!r}, API {task['predictions_model_versions']!r}"
+        assert shown == held, f"task {task_id}: table {row.model_versions!r}, API {sorted(held)}"
         if task["predictions_score"] is None:
             assert row.score_value() is None, f"task {task_id}: {row.cells}"
         else:
@@ -233,11 +229,9 @@ def test_each_task_holds_at_most_one_prediction_per_model_version(seen):
         assert not repeated, f"task {task_id} holds {len(versions)} predictions: {versions} ({seen.shots[1]})"
     for opened in (seen.fresh, seen.stale):
         names = [tab.name for tab in opened.tabs if tab.prediction]
-        assert len(names) == len(set(names)), f"task {opened.task_id} shows prediction tabs {names} ({opened.screenshot})"
+        assert len(names) == len(set(names)), f"task {opened.task_id}: prediction tabs {names} ({opened.screenshot})"
 
 
-@pytest.mark.xfail(strict=False, reason=PUBLISHING + ": Label Studio averages only the predictions of the project's "
-                   "model_version into Prediction score, and tasks never opened have no prediction of the new version")
 def test_the_data_manager_shows_a_numeric_prediction_score_for_unlabelled_tasks_from_the_new_version(seen):
     for task_id in seen.unlabelled:
         row = seen.rows[task_id]
@@ -263,8 +257,6 @@ def test_an_unlabelled_task_opened_without_a_prediction_shows_the_new_versions_s
     assert any(tab.prediction and tab.names(seen.serving_version) for tab in opened.tabs), opened.tabs
 
 
-@pytest.mark.xfail(strict=False, reason=PUBLISHING + ": a task that already holds a prediction gets no new /predict "
-                   "call, so it keeps showing the version it was first predicted with")
 def test_an_unlabelled_task_opened_from_the_data_manager_shows_the_new_versions_spans_after_a_promotion(seen):
     opened = seen.stale
     _check_spans_are_the_tasks_own(opened)

@@ -333,7 +333,8 @@ _TABS_JS = """() => Array.from(document.querySelectorAll('.lsf-annotation-button
 
 def entity_tabs(page) -> list[EntityTab]:
     """The annotation and prediction tabs above the labelling area, in order."""
-    return [EntityTab(name, bool(pred), bool(selected), score) for name, pred, selected, score in page.evaluate(_TABS_JS)]
+    return [EntityTab(name, bool(prediction), bool(selected), score)
+            for name, prediction, selected, score in page.evaluate(_TABS_JS)]
 
 
 def select_prediction(page, version: str) -> bool:
