@@ -155,17 +155,32 @@ def base_model() -> str:
     return str(standin)
 
 
+def run_outcome(status) -> str:
+    """One line on how the last run ended, promoted or not: its decision (``promoted: F1 0.712 >= 0.699 of v2``,
+    ``kept v2: F1 0.689 < 0.699``, ``nothing new since v3: ...``) or its error."""
+    result = status.raw.get("last_result") or {}
+    if status.last_error:
+        return f"run {status.runs_finished} failed: {status.last_error}"
+    version = result.get("version")
+    published = (result.get("published") or {}).get("published")
+    tail = f"; published to {published} unlabelled task(s)" if published else ""
+    return f"run {status.runs_finished}: {version + ' ' if version else ''}{result.get('decision', 'done')}{tail}"
+
+
 def watch(backend: BackendServer, project_id: int) -> None:
-    """Print training progress changes until Ctrl-C (or a server dies)."""
-    last = ""
+    """Print training progress changes, and how each run ended, until Ctrl-C (or a server dies)."""
+    last, finished = "", None
     while True:
         if backend.managed.exited():
             raise StackError(f"the ML backend stopped; see {backend.managed.log_path}")
         try:
             status = backend_status(backend.url, project_id)
+            if finished is not None and status.runs_finished > finished:
+                print(time.strftime("%H:%M:%S"), run_outcome(status), flush=True)
+            finished = status.runs_finished
             progress = status.progress
             line = (f"model {status.current_version or 'none yet'}; "
-                    + (f"training: {progress.get('stage', '')} step {progress.get('step', 0)}/"
+                    + (f"{progress.get('message') or progress.get('stage', '')} step {progress.get('step', 0)}/"
                        f"{progress.get('total_steps', 0)}" if status.running else "idle")
                     + (f"; last error: {status.last_error}" if status.last_error else ""))
         except OSError as error:
