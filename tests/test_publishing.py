@@ -103,9 +103,12 @@ def test_a_project_that_connects_with_an_unpublished_version_gets_a_publishing_j
     client = _app(settings, store, jobs)
     client.post("/setup", json={"project": "3.1", "schema": CONFIG, "hostname": "http://ls", "access_token": "t"})
     assert jobs.triggers == [("3", {"hostname": "http://ls", "access_token": "t", "action": "publish"})]
-    store.record_publishing("3", {"version": "v1", "state": "published"})
     client.post("/setup", json={"project": "3.1", "schema": CONFIG})
-    assert len(jobs.triggers) == 1  # published: nothing more to do
+    assert len(jobs.triggers) == 1  # asked once per version, however often Label Studio calls /setup
+    store.record_publishing("3", {"version": "v1", "state": "published"})
+    add_version(store, "3", ["Dish", "Price", "Cuisine"])  # v2 promoted, never published
+    client.post("/setup", json={"project": "3.1", "schema": CONFIG})
+    assert len(jobs.triggers) == 2
 
 
 def test_new_tasks_are_published_for_and_without_a_version_nothing_is(settings):

@@ -110,6 +110,7 @@ class NerService:
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectState] = {}
         self._warned: set[str] = set()
+        self._publish_asked: set[tuple[str, str]] = set()
         removed = self.store.clean_temporary()
         if removed:
             log.info("removed %d unfinished training folder(s) left by an earlier run", len(removed))
@@ -149,8 +150,12 @@ class NerService:
             state.access_token = body["access_token"].strip()
         self.models.prefetch(project)
         current = self.store.current(project)
-        if current is not None and self.store.publishing(project).get("version") != current:
-            self._publish(project, state)  # a project that connects with a version never published into it
+        if (current is not None and (project, current) not in self._publish_asked
+                and self.store.publishing(project).get("version") != current):
+            # a project that connects with a version never published into it: asked once per version, since
+            # Label Studio calls /setup before every prediction and a failure must not start a run each time
+            self._publish_asked.add((project, current))
+            self._publish(project, state)
         return {"model_version": self.models.version_name(project, self._schema(project, None))}
 
     def predict(self, body: dict) -> list[dict]:
