@@ -12,7 +12,7 @@ from backend.serving.batching import Admission, Batcher, Overloaded
 from backend.serving.service import NerService
 from backend.serving.settings import Settings
 from backend.serving.store import ModelStore
-from tests.service_fakes import CONFIG, CountingLoader, FakeJobs, add_version
+from tests.service_fakes import CONFIG, FakeJobs, add_version
 
 
 class SlowEcho:

@@ -3,7 +3,6 @@ predictions stay), at most PUBLISH_MAX_TASKS of them, lowest task id first; the 
 version; progress shows as "publishing k/n"; a failure is reported and leaves the version serving; a project that
 connects with a version never published, or new tasks, start a publishing job of its own."""
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 

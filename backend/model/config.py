@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from backend.model.device import TRAINING_PRECISIONS
@@ -69,6 +69,7 @@ def _device(text: str) -> str:
 WHOLE = Check(int, "a whole number")
 POSITIVE = _at_least(1, int)
 NOT_NEGATIVE = _at_least(0, int)
+NOT_NEGATIVE_NUMBER = _at_least(0, float)
 RATE = Check(_at_least(1e-12, float).parse, "a number > 0")
 FRACTION = Check(_fraction, "a number in [0, 1)")
 BOOLEAN = Check(_boolean, "true or false")
@@ -110,7 +111,7 @@ class TrainingConfig:
                                            "min_steps", NOT_NEGATIVE)
     threads: int | None = knob(None, "torch intra-op CPU threads (default: PyTorch's, all cores)", POSITIVE)
     weight_decay: float = knob(0.01, "AdamW weight decay (not on biases and normalisation weights)",
-                               _at_least(0, float))
+                               NOT_NEGATIVE_NUMBER)
     warmup_ratio: float = knob(0.1, "share of the steps with a rising learning rate", FRACTION)
     default_epochs: int = knob(5, "epochs when data is not small", POSITIVE)
     min_steps: int = knob(300, "small data needs many optimizer steps to learn at all (../shared/baseline.md)",
@@ -212,7 +213,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help=help_text)
 
 
-def from_arguments(args: argparse.Namespace, base: TrainingConfig | None = None) -> TrainingConfig:
+def from_arguments(args: argparse.Namespace) -> TrainingConfig:
     """The recipe with every knob given on the command line (see ``add_arguments``)."""
-    given = {f.name: getattr(args, f.name) for f in knobs() if getattr(args, f.name, None) is not None}
-    return replace(base or TrainingConfig(), **given)
+    return TrainingConfig(**{f.name: getattr(args, f.name) for f in knobs() if getattr(args, f.name, None) is not None})

@@ -131,17 +131,12 @@ class LabelStudioClient:
         that endpoint is refused (Label Studio Enterprise answers it 404), every page of ``tasks.list``, whose
         ``only_annotated`` filter Label Studio 1.23 ignores and whose last page ends in a logged 404.
         """
-        def export() -> list[dict]:
-            chunks = self._ls.projects.exports.download_sync(id=project, export_type="JSON", download_all_tasks=False)
-            data = json.loads(b"".join(chunks) if not isinstance(chunks, (bytes, str)) else chunks)
-            return data if isinstance(data, list) else data.get("tasks", [])
-
         def pages() -> list[dict]:
             pager = self._ls.tasks.list(project=project, fields="all", only_annotated=True, page_size=PAGE_SIZE)
             return [_as_dict(task) for task in pager]
 
         try:
-            tasks = export()
+            tasks = self._exported_tasks(project, all_tasks=False)
         except Exception as error:  # noqa: BLE001 - no export endpoint here: page through the tasks instead
             log.info("project %s: the export endpoint failed (%s); paging through the tasks", project, error)
             tasks = self._call(f"listing the annotated tasks of project {project}", pages)
@@ -171,13 +166,14 @@ class LabelStudioClient:
     def unlabelled_tasks(self, project: int) -> list[dict]:
         """Every task of ``project`` without any annotation, with its predictions (their ``model_version``), in
         one request: Label Studio's JSON export of all tasks."""
-        def export() -> list[dict]:
-            chunks = self._ls.projects.exports.download_sync(id=project, export_type="JSON", download_all_tasks=True)
-            data = json.loads(b"".join(chunks) if not isinstance(chunks, (bytes, str)) else chunks)
-            return data if isinstance(data, list) else data.get("tasks", [])
-
-        tasks = self._call(f"exporting the tasks of project {project}", export)
+        tasks = self._call(f"exporting the tasks of project {project}", self._exported_tasks, project, all_tasks=True)
         return [task for task in (_as_dict(task) for task in tasks) if not task.get("annotations")]
+
+    def _exported_tasks(self, project: int, all_tasks: bool) -> list[dict]:
+        """Label Studio's JSON export of ``project`` in one request: every task, or the annotated ones only."""
+        chunks = self._ls.projects.exports.download_sync(id=project, export_type="JSON", download_all_tasks=all_tasks)
+        data = json.loads(b"".join(chunks) if not isinstance(chunks, (bytes, str)) else chunks)
+        return data if isinstance(data, list) else data.get("tasks", [])
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request."""

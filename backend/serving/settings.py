@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from backend.model.config import (
-    BOOLEAN, DEFAULT_BASE_MODEL, FRACTION, NOT_NEGATIVE, POSITIVE, Check, KnobError, RecipeOverrides, TrainingConfig,
-    from_environment,
+    BOOLEAN, DEFAULT_BASE_MODEL, FRACTION, NOT_NEGATIVE, NOT_NEGATIVE_NUMBER, POSITIVE, Check, KnobError,
+    RecipeOverrides, TrainingConfig, from_environment,
 )
-
 
 
 class SettingsError(ValueError):
@@ -48,13 +47,6 @@ def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(value)
     return value.rstrip("/")
-
-
-def _at_least_zero(value: str) -> float:
-    number = float(value)
-    if not number >= 0:
-        raise ValueError(value)
-    return number
 
 
 def _keep(value: str) -> int | None:
@@ -160,7 +152,7 @@ class Settings:
             port=_parse(env, "PORT", PORT, cls.port),
             threads=threads,
             predict_max_requests=predict_max_requests,
-            predict_max_wait_ms=_parse(env, "PREDICT_MAX_WAIT_MS", Check(_at_least_zero, "a number of ms >= 0"),
+            predict_max_wait_ms=_parse(env, "PREDICT_MAX_WAIT_MS", Check(NOT_NEGATIVE_NUMBER.parse, "a number of ms >= 0"),
                                        cls.predict_max_wait_ms),
             predict_max_subwords=_parse(env, "PREDICT_MAX_SUBWORDS", POSITIVE, cls.predict_max_subwords),
             backend_url=_parse(env, "BACKEND_URL", URL, None),
