@@ -70,6 +70,15 @@ def test_a_pass_never_exceeds_the_subword_cap_but_a_larger_request_runs_alone():
         assert sum(len(t) for t in call) <= 12 or call == ["mnop" * 5]
 
 
+def test_prepare_hears_each_passs_subwords_before_the_pass_runs():
+    echo, heard = SlowEcho(delay=0.05), []
+    batcher = Batcher(echo, count=lambda texts: sum(len(t) for t in texts), max_wait_ms=30, max_subwords=100,
+                      prepare=lambda subwords: heard.append((subwords, len(echo.calls))))
+    _submit_all(batcher, [["ab"], ["cde"], ["f"]])
+    assert [subwords for subwords, _ in heard] == [sum(len(t) for t in call) for call in echo.calls]
+    assert [calls_before for _, calls_before in heard] == list(range(len(echo.calls)))
+
+
 def test_an_error_reaches_every_request_of_its_pass_and_the_next_pass_works():
     echo = SlowEcho(delay=0.05, fail_on="bad")
     batcher = Batcher(echo, count=len, max_wait_ms=50, max_subwords=100)

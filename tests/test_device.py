@@ -74,3 +74,14 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="no CUDA GPU"):
         device.resolve_device("cuda")
     assert device.resolve_device("auto").type == "cpu"
+
+
+def test_a_small_pass_runs_on_one_thread_and_a_large_one_on_all_of_them():
+    before = torch.get_num_threads()
+    try:
+        device.threads_for_pass(device.SMALL_PASS_SUBWORDS)
+        assert torch.get_num_threads() == 1
+        device.threads_for_pass(device.SMALL_PASS_SUBWORDS + 1)
+        assert torch.get_num_threads() == device._default_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -69,13 +69,16 @@ class Batcher:
     """Gathers the texts of concurrent ``submit`` calls into shared ``predict`` calls.
 
     ``predict(texts) -> results`` (one per text, in order) runs on the batcher's own thread only, so a predictor
-    that is not thread-safe needs no lock. ``count(texts) -> subwords`` sizes a request for the cap.
+    that is not thread-safe needs no lock. ``count(texts) -> subwords`` sizes a request for the cap; ``prepare``,
+    when given, is called with a pass's subwords just before it runs (to choose the CPU threads for it).
     """
 
     def __init__(self, predict: Callable[[list[str]], Sequence[Any]], count: Callable[[list[str]], int],
-                 max_wait_ms: float = 5.0, max_subwords: int = 4096, name: str = "batcher"):
+                 max_wait_ms: float = 5.0, max_subwords: int = 4096, name: str = "batcher",
+                 prepare: Callable[[int], None] | None = None):
         self._predict = predict
         self._count = count
+        self._prepare = prepare
         self.max_wait_s = max_wait_ms / 1000
         self.max_subwords = max_subwords
         self.name = name
@@ -137,6 +140,8 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         texts = [text for request in batch for text in request.texts]
         try:
+            if self._prepare is not None:
+                self._prepare(sum(request.subwords for request in batch))
             results = list(self._predict(texts))
             if len(results) != len(texts):
                 raise RuntimeError(f"the predictor returned {len(results)} results for {len(texts)} texts")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from backend.data.schema import parse_label_config
 from backend.data.tasks import spans_to_results, task_text
+from backend.model.device import set_threads
 from backend.serving.jobs import ProgressCallback
 from backend.serving.model_cache import load_predictor
 from backend.serving.settings import Settings
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 100  # tasks predicted at a time (and the step of the progress shown)
 IMPORT_BATCH = 500  # predictions written per request: each import request costs Label Studio ~0.4 s on its own
+THREADS = 1  # the publisher's CPU threads: the other cores stay free for the annotators' /predict requests
 
 
 def publish(settings: Settings, project: str, version: str, model_dir: Path, client: Any, store: ModelStore,
@@ -38,6 +40,7 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     missing = sorted((task for task in tasks if version not in _versions_of(task)), key=lambda task: task.get("id", 0))
     todo = missing[:settings.publish_max_tasks]
     predictor = load(model_dir) if todo else None
+    set_threads(THREADS)
     waiting: list[dict] = []
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
