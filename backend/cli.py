@@ -1,4 +1,4 @@
-"""Command line of the backend: `python -m backend {train,evaluate,predict,serve}`.
+"""Command line of the backend: `python -m backend {train,evaluate,predict,serve,worker}`.
 
 Each subcommand parses its arguments here and calls one library function; no ML logic lives in this file.
 """
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the ML backend HTTP server (gunicorn; settings from the environment)")
     serve.add_argument("--host", help="bind address (default: HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PORT, else 9090)")
+    serve.add_argument("--workers", type=int, help="serving processes (default: WORKERS, else 1); more than one needs "
+                                                   "TRAINING_QUEUE")
 
     def run_server(args: argparse.Namespace) -> int:
         from backend.serving.server import serve_command  # imported on use: gunicorn is not needed by the other commands
@@ -175,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
         return serve_command(args)
 
     serve.set_defaults(handler=run_server)
+    # --- worker ---
+    worker = commands.add_parser("worker", help="run an RQ worker that trains the jobs of TRAINING_QUEUE (one job "
+                                                "at a time; one worker per GPU)")
+    worker.add_argument("--queue", help="the queue's name (default: TRAINING_QUEUE_NAME, else ner-training)")
+    worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+
+    def run_worker(args: argparse.Namespace) -> int:
+        from backend.serving.worker import worker_command  # imported on use: rq is needed by this command only
+
+        return worker_command(args)
+
+    worker.set_defaults(handler=run_worker)
     return parser
 
 

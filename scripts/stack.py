@@ -1,6 +1,7 @@
-"""Start and stop a local Label Studio server and this project's ML backend as child processes.
+"""Start and stop a local Label Studio server, Redis, and this project's ML backend and training workers as child
+processes.
 
-One launcher shared by the demo (`scripts/demo.py`), the latency measurement and the end-to-end test.
+One launcher shared by the demo (`scripts/demo.py`), the benchmarks and the end-to-end tests.
 """
 from __future__ import annotations
 
@@ -239,6 +240,7 @@ class BackendServer:
     log_path: Path | None = None
     startup_timeout_s: float = 120.0
     python: str = sys.executable
+    workers: int = 1  # serving processes (more than one needs TRAINING_QUEUE in extra_env)
     managed: ManagedProcess | None = field(default=None, repr=False)
 
     @property
@@ -268,11 +270,102 @@ class BackendServer:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.managed = ManagedProcess(
             name="ML backend",
-            args=[self.python, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            args=[self.python, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                  *(["--workers", str(self.workers)] if self.workers != 1 else [])],
             env=self.environment(),
             log_path=self.log_path or (self.model_dir / "backend.log"),
         )
         return _start_until_up(self.managed, self.url, self.startup_timeout_s)
+
+    def stop(self) -> None:
+        if self.managed is not None:
+            self.managed.stop()
+
+
+def redis_server_bin() -> Path:
+    """Debian's redis-server (``.ci/run`` installs it), or REDIS_SERVER_BIN."""
+    return Path(os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"))
+
+
+@dataclass
+class RedisServer:
+    """A real Redis on loopback with its data in ``data_dir``; ``persistent`` keeps it over a restart (appendonly,
+    as docs/deploy.md asks of the training queue's Redis)."""
+
+    data_dir: Path
+    port: int = 0
+    persistent: bool = True
+    managed: ManagedProcess | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> float:
+        executable = redis_server_bin()
+        if not executable.exists():
+            raise StackError(f"Redis is not installed: {executable} does not exist. Install Debian's redis-server "
+                             "(`apt-get install redis-server`; .ci/run does) or set REDIS_SERVER_BIN.")
+        self.port = self.port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        self.managed = ManagedProcess(
+            name="Redis", args=[str(executable), "--bind", "127.0.0.1", "--port", str(self.port), "--dir",
+                                str(self.data_dir), "--save", "", "--protected-mode", "yes", *persistence],
+            env=dict(os.environ), log_path=self.data_dir / "redis.log")
+        started = time.monotonic()
+        self.managed.start()
+        while time.monotonic() - started < 30:
+            if self.managed.exited():
+                raise StackError(f"Redis exited with code {self.managed.process.returncode}.\n"
+                                 f"Last lines of {self.managed.log_path}:\n{_log_tail(self.managed.log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(16).startswith(b"+PONG"):
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"Redis did not answer on port {self.port} within 30 s")
+
+    def stop(self) -> None:
+        if self.managed is not None:
+            self.managed.stop()
+
+    def restart(self) -> None:
+        """Stop (SIGTERM: Redis writes what it holds) and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+
+@dataclass
+class TrainingWorker:
+    """``python -m backend worker``: an RQ worker training the jobs of ``queue_url``'s queue into ``model_dir``."""
+
+    queue_url: str
+    model_dir: Path
+    label_studio_url: str = ""
+    api_key: str = ""
+    queue: str = "ner-training"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    managed: ManagedProcess | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in ("HOST", "PORT")}
+        env.update({"TRAINING_QUEUE": self.queue_url, "MODEL_DIR": str(self.model_dir), "PYTHONUNBUFFERED": "1",
+                    **({"LABEL_STUDIO_URL": self.label_studio_url} if self.label_studio_url else {}),
+                    **({"LABEL_STUDIO_API_KEY": self.api_key} if self.api_key else {}), **self.extra_env})
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.managed = ManagedProcess(name="training worker",
+                                      args=[sys.executable, "-m", "backend", "worker", "--queue", self.queue],
+                                      env=env, log_path=self.log_path or (self.model_dir / "worker.log"))
+        self.managed.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.managed.pid if self.managed else None
 
     def stop(self) -> None:
         if self.managed is not None:

@@ -82,6 +82,6 @@ def test_a_small_pass_runs_on_one_thread_and_a_large_one_on_all_of_them():
         device.threads_for_pass(device.SMALL_PASS_SUBWORDS)
         assert torch.get_num_threads() == 1
         device.threads_for_pass(device.SMALL_PASS_SUBWORDS + 1)
-        assert torch.get_num_threads() == device._default_threads() == before
+        assert torch.get_num_threads() == device._default_threads()  # what PyTorch had before the first change
     finally:
         torch.set_num_threads(before)

@@ -46,8 +46,8 @@ def _wait_until(condition, timeout=WAIT_S):
 def queue_of(tmp_path):
     queues = []
 
-    def build(target):
-        queue = JobQueue(target, tmp_path / "jobs")
+    def build(target, **options):
+        queue = JobQueue(target, tmp_path / "jobs", **options)
         queues.append(queue)
         return queue
 
@@ -56,8 +56,8 @@ def queue_of(tmp_path):
         queue.shutdown()
 
 
-def _payload(tmp_path, tag=""):
-    return {"log": str(tmp_path / "runs.log"), "release": str(tmp_path / "release"), "tag": tag}
+def _payload(tmp_path, tag="", release="release"):
+    return {"log": str(tmp_path / "runs.log"), "release": str(tmp_path / release), "tag": tag}
 
 
 def _runs(tmp_path):
@@ -104,14 +104,57 @@ def test_trigger_returns_at_once_and_status_shows_the_childs_progress(tmp_path, 
     assert queue.wait_idle("3", WAIT_S)
 
 
-def test_different_projects_train_at_the_same_time(tmp_path, queue_of):
-    queue = queue_of(recorded_run)
+def test_with_train_concurrency_2_two_projects_train_at_the_same_time(tmp_path, queue_of):
+    queue = queue_of(recorded_run, concurrency=2)
     queue.trigger("1", _payload(tmp_path))
     queue.trigger("2", _payload(tmp_path))
     assert _wait_until(lambda: sorted(_runs(tmp_path)) == ["1:", "2:"])
     assert queue.status("1").running and queue.status("2").running
     (tmp_path / "release").touch()
     assert queue.wait_idle("1", WAIT_S) and queue.wait_idle("2", WAIT_S)
+
+
+def test_by_default_one_training_runs_at_a_time_and_the_others_wait_in_the_order_they_came(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    answers = [queue.trigger(p, _payload(tmp_path, release=f"release-{p}")) for p in ("4", "2", "9")]
+    assert answers == ["started"] * 3
+    assert _wait_until(lambda: _runs(tmp_path) == ["4:"])
+    places = {p: (queue.status(p).running, queue.status(p).queued, queue.status(p).progress.message) for p in "29"}
+    assert places == {"2": (True, 1, "queued (1st)"), "9": (True, 2, "queued (2nd)")}
+    assert queue.trigger("9", _payload(tmp_path, "again", release="release-9")) == "scheduled"  # coalesces as before
+    (tmp_path / "release-4").touch()
+    assert _wait_until(lambda: _runs(tmp_path) == ["4:", "2:"])
+    assert queue.status("9").progress.message == "queued (1st)" and queue.status("4").queued is None
+    (tmp_path / "release-2").touch()
+    (tmp_path / "release-9").touch()
+    assert queue.wait_idle("9", WAIT_S)
+    assert _runs(tmp_path) == ["4:", "2:", "9:", "9:again"]  # none lost, never two at once (each waited)
+
+
+def test_shutdown_drops_the_runs_waiting_for_a_slot(tmp_path, queue_of):
+    queue = queue_of(recorded_run)
+    queue.trigger("1", _payload(tmp_path))
+    queue.trigger("2", _payload(tmp_path))
+    assert _wait_until(lambda: _runs(tmp_path) == ["1:"])
+    queue.shutdown()
+    assert queue.wait_idle("2", WAIT_S) and queue.wait_idle("1", WAIT_S)
+    assert _runs(tmp_path) == ["1:"] and queue.status("2").runs_started == 0
+
+
+def test_a_second_backend_on_the_same_model_dir_refuses_to_train_a_project_the_first_trains(tmp_path, queue_of):
+    first, second = queue_of(recorded_run), queue_of(recorded_run)  # as two processes: one lock file per project
+    assert first.trigger("3", _payload(tmp_path)) == "started"
+    assert _wait_until(lambda: _runs(tmp_path) == ["3:"])
+    answer = second.trigger("3", _payload(tmp_path))
+    assert answer.startswith("refused: another backend process on this MODEL_DIR") and "TRAINING_QUEUE" in answer
+    assert second.status("3").running and second.status("3").last_error is None  # it shows the other one's run
+    assert second.trigger("5", _payload(tmp_path, release="release-5")) == "started"  # other projects are free
+    (tmp_path / "release").touch()
+    (tmp_path / "release-5").touch()
+    assert first.wait_idle("3", WAIT_S) and second.wait_idle("5", WAIT_S)
+    assert second.trigger("3", _payload(tmp_path, "after")) == "started"  # the lock is released with the run
+    assert second.wait_idle("3", WAIT_S)
+    assert _runs(tmp_path) == ["3:", "5:", "3:after"]
 
 
 def test_a_failed_run_reports_its_error(tmp_path, queue_of):

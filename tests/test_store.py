@@ -177,6 +177,20 @@ def test_a_temporary_folder_of_a_dead_writer_is_removed_even_if_its_pid_came_bac
     assert store.clean_temporary() == [reused] and not reused.exists()
 
 
+def test_on_a_shared_model_dir_a_host_removes_only_its_own_dead_writers_folders(tmp_path):
+    from backend.serving.store import _host_tag
+
+    store = ModelStore(tmp_path)
+    _train_into(store, "3", 0.5)
+    # pid 1 runs on every host; a folder from another host may belong to a training running there right now
+    other_host = store.project_dir("3") / ".tmp-999999.5.0badc0de-abc"
+    ours_dead = store.project_dir("3") / f".tmp-999999.5.{_host_tag()}-abc"
+    other_host.mkdir()
+    ours_dead.mkdir()
+    assert store.clean_temporary() == [ours_dead] and other_host.exists()
+    assert store.new_temporary_dir("3").name.split("-")[1].endswith(_host_tag())
+
+
 def test_an_unreadable_pointer_is_named_as_a_problem(tmp_path):
     store = ModelStore(tmp_path)
     _train_into(store, "3", 0.5)

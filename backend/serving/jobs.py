@@ -1,11 +1,15 @@
 """Background training jobs: each run is a child process, one at a time per project, extra triggers coalesce.
 
 A trigger while a project's run is going schedules exactly one more run after it, however many triggers come.
-The child reports progress through a small JSON file that the server reads for ``/status``.
+At most ``concurrency`` runs go at once over all projects (TRAIN_CONCURRENCY); the others wait in the order they
+came, and ``/status`` says "queued (2nd)". The child reports progress through a small JSON file that the server
+reads for ``/status``. A lock file per project keeps a second backend process on the same MODEL_DIR from training
+the same project: it refuses, and says to configure the queue (``backend.serving.queue``).
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -62,16 +66,17 @@ class JobStatus:
     last_finished_at: str | None = None
     last_error: str | None = None
     last_result: Any = None
+    queued: int | None = None  # the run's place among those waiting for a free training slot (1 = next)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class _ProgressFile:
-    """The child's side: keeps a ``JobProgress`` and writes it (throttled) to the status file."""
+class ProgressTracker:
+    """The run's side of progress: keeps a ``JobProgress`` and hands it (throttled; stage changes always) to
+    ``emit(state, progress, **extra)``, which a subclass writes where the server reads it."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self) -> None:
         self.started = time.monotonic()
         self.progress = JobProgress()
         self._written_at = 0.0
@@ -82,7 +87,6 @@ class _ProgressFile:
                             ("message", message)):
             if value is not None:
                 setattr(self.progress, name, value)
-        self.progress.elapsed_s = round(time.monotonic() - self.started, 1)
         now = time.monotonic()
         if changed_stage or now - self._written_at >= PROGRESS_INTERVAL_S:
             self._written_at = now
@@ -90,7 +94,29 @@ class _ProgressFile:
 
     def write(self, state: str, **extra: Any) -> None:
         self.progress.elapsed_s = round(time.monotonic() - self.started, 1)
-        write_json_atomically(self.path, {"state": state, "progress": asdict(self.progress), **extra})
+        self.emit(state, asdict(self.progress), **extra)
+
+    def emit(self, state: str, progress: dict, **extra: Any) -> None:
+        raise NotImplementedError
+
+
+class _ProgressFile(ProgressTracker):
+    """Progress in the run's status file, which the server process reads."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def emit(self, state: str, progress: dict, **extra: Any) -> None:
+        write_json_atomically(self.path, {"state": state, "progress": progress, **extra})
+
+
+def failure_message(error: BaseException) -> str:
+    """How a failed run's error reads in ``/status``: type and message, and what to do when the disk is full."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        message += "; the disk holding MODEL_DIR is full: free space (or lower KEEP_VERSIONS), then train again"
+    return f"{type(error).__name__}: {message}"
 
 
 def _child_main(target: JobTarget, project: str, payload: dict, status_path: str, nice: int) -> None:
@@ -107,10 +133,7 @@ def _child_main(target: JobTarget, project: str, payload: dict, status_path: str
         result = target(project, payload, progress)
     except BaseException as error:  # noqa: BLE001 - every failure must reach the status file
         traceback.print_exc()
-        message = str(error) or type(error).__name__
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            message += "; the disk holding MODEL_DIR is full: free space (or lower KEEP_VERSIONS), then train again"
-        progress.write("failed", error=f"{type(error).__name__}: {message}")
+        progress.write("failed", error=failure_message(error))
         sys.exit(1)
     progress.progress.stage = "done"
     progress.write("succeeded", result=result)
@@ -123,6 +146,21 @@ class _Job:
     process: Any = None
     thread: threading.Thread | None = None
     idle: threading.Event = field(default_factory=threading.Event)
+    lock: Any = None  # the open lock file that says "this process trains the project" to other processes
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ... ``11th``, ``12th``, ``13th``, ``21st``.
+
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 102)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '102nd']
+    """
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def queued_progress(place: int) -> JobProgress:
+    return JobProgress(stage="queued", message=f"queued ({ordinal(place)})")
 
 
 class JobQueue:
@@ -137,20 +175,26 @@ class JobQueue:
     ``MODEL_DIR``; serving needs no change, as it follows the store's ``current.json`` pointer.
     """
 
-    def __init__(self, target: JobTarget, status_dir: Path | str, nice: int = 0, start_method: str = "spawn"):
+    def __init__(self, target: JobTarget, status_dir: Path | str, nice: int = 0, start_method: str = "spawn",
+                 concurrency: int = 1):
         self.target = target
         self.status_dir = Path(status_dir)
         self.nice = nice
+        self.concurrency = concurrency
         self._context = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._waiting: list[str] = []  # projects waiting for a training slot, oldest first
+        self._active = 0  # runs holding a slot
         self._jobs: dict[str, _Job] = {}
         self._closing = False
 
     def trigger(self, project: str, payload: dict | None = None) -> str:
         """Start a run for ``project``, or schedule one more after the current run. Returns immediately.
 
-        Returns ``"started"``, ``"scheduled"`` (one more run will follow the current one) or
-        ``"already scheduled"`` (a run was already waiting; the newest ``payload`` replaces its payload).
+        Returns ``"started"`` (it runs now, or waits for a slot: see ``status``), ``"scheduled"`` (one more run
+        will follow the current one), ``"already scheduled"`` (a run was already waiting; the newest ``payload``
+        replaces its payload), or ``"refused: ..."`` when another process on this MODEL_DIR trains the project.
         """
         project = str(project)
         payload = dict(payload or {})
@@ -167,8 +211,15 @@ class JobQueue:
                     return "already scheduled"
                 job.status.pending = True
                 return "scheduled"
+            job.lock = self._take_project_lock(project)
+            if job.lock is None:
+                if job.status.runs_started == 0:
+                    del self._jobs[project]  # its status stays the other process's run, read from the status file
+                return (f"refused: another backend process on this MODEL_DIR ({self.status_dir.parent}) is training "
+                        f"project {project}; several serving processes need TRAINING_QUEUE (see docs/deploy.md)")
             job.status.running = True
             job.idle.clear()
+            self._waiting.append(project)  # its place in line is the trigger's, not its thread's start
             job.thread = threading.Thread(target=self._run_until_idle, args=(project, job, payload),
                                           name=f"training-{project}", daemon=True)
             job.thread.start()
@@ -182,6 +233,10 @@ class JobQueue:
             if job is None:
                 return self._status_before_start(project)
             status = JobStatus(**{k: v for k, v in vars(job.status).items()})
+            if project in self._waiting:
+                status.queued = self._waiting.index(project) + 1
+                status.progress = queued_progress(status.queued)
+                return status
         if status.running:
             status.progress = _recorded_progress(read_json(self._status_path(project))) or status.progress
         return status
@@ -202,6 +257,9 @@ class JobQueue:
         status = JobStatus(project, progress=_recorded_progress(data) or JobProgress(),
                            last_started_at=data.get("started_at"), last_finished_at=data.get("finished_at"),
                            last_error=data.get("error"), last_result=data.get("result"))
+        if data["state"] == "running" and self._locked_elsewhere(project):
+            status.running = True  # another backend process on this MODEL_DIR trains it now
+            return status
         if data["state"] == "running":  # the server stopped while this run was going
             status.last_error = "interrupted: the server stopped during this run"
         if status.last_error:
@@ -218,6 +276,7 @@ class JobQueue:
         """Drop scheduled runs, stop running children and wait for them (at most ``timeout`` seconds)."""
         with self._lock:
             self._closing = True
+            self._slot_freed.notify_all()
             jobs = list(self._jobs.values())
             for job in jobs:
                 job.status.pending = False
@@ -234,18 +293,80 @@ class JobQueue:
     def _status_path(self, project: str) -> Path:
         return self.status_dir / f"{project}.json"
 
+    def _lock_path(self, project: str) -> Path:
+        return self.status_dir / f"{project}.lock"
+
+    def _take_project_lock(self, project: str) -> Any:
+        """The project's lock file, open and locked by this process; None when another process holds it (or it
+        cannot be made: then training could not write its status either, and the run reports why)."""
+        try:
+            self.status_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self._lock_path(project), "a")  # noqa: SIM115 - held for the whole run
+        except OSError:
+            return _NoLock()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def _locked_elsewhere(self, project: str) -> bool:
+        if not self._lock_path(project).exists():
+            return False
+        handle = self._take_project_lock(project)
+        if handle is None:
+            return True
+        handle.close()
+        return False
+
     def _run_until_idle(self, project: str, job: _Job, payload: dict) -> None:
-        while True:
-            self._run_once(project, job, payload)
-            with self._lock:
-                if job.status.pending and not self._closing:
+        try:
+            while True:
+                if self._wait_for_slot(project):
+                    try:
+                        self._run_once(project, job, payload)
+                    finally:
+                        self._free_slot()
+                with self._lock:
+                    if job.status.pending and not self._closing:
+                        job.status.pending = False
+                        payload, job.pending_payload = job.pending_payload, {}
+                        self._waiting.append(project)  # the run that follows waits its turn behind the others
+                        continue
+                    job.status.running = False
                     job.status.pending = False
-                    payload, job.pending_payload = job.pending_payload, {}
-                    continue
-                job.status.running = False
-                job.status.pending = False
+                    job.lock.close()
+                    job.lock = None
+                    job.idle.set()
+                    return
+        except BaseException:
+            with self._lock:
+                job.status.running = job.status.pending = False
+                if job.lock is not None:
+                    job.lock.close()
+                    job.lock = None
                 job.idle.set()
-                return
+            raise
+
+    def _wait_for_slot(self, project: str) -> bool:
+        """Block until fewer than ``concurrency`` runs go and every project that asked earlier (``_waiting``, where
+        the project already is) has one; False when the queue shuts down first."""
+        with self._lock:
+            while not self._closing and (self._active >= self.concurrency or self._waiting[0] != project):
+                self._slot_freed.wait()
+            self._waiting.remove(project)
+            if self._closing:
+                self._slot_freed.notify_all()
+                return False
+            self._active += 1
+            self._slot_freed.notify_all()  # the next in line may fit too
+            return True
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._slot_freed.notify_all()
 
     def _run_once(self, project: str, job: _Job, payload: dict) -> None:
         path = self._status_path(project)
@@ -295,6 +416,13 @@ class JobQueue:
             write_json_atomically(path, record)
         except OSError as failure:
             log.warning("could not record the end of the training run of project %s: %s", project, failure)
+
+
+class _NoLock:
+    """Stands for a lock file that could not be made (an unwritable folder): nothing to hold or release."""
+
+    def close(self) -> None:
+        pass
 
 
 def _recorded_progress(data: Any) -> JobProgress | None:

@@ -1,7 +1,8 @@
-"""Serve ``create_app`` with gunicorn: one worker process with threads (``python -m backend serve``).
+"""Serve ``create_app`` with gunicorn: worker processes with threads (``python -m backend serve [--workers N]``).
 
-One worker, because the per-project state (loaded predictors, the training job queue, annotation counters)
-lives in that process; threads give concurrency, and training runs in child processes so it never blocks them.
+One worker by default: without a queue, the training job queue lives in that process. With TRAINING_QUEUE, each
+of N workers is a replica: it loads each model once, follows the store's pointer, and enqueues trainings on Redis.
+Threads give concurrency; training runs elsewhere (a child process, or an RQ worker), so it never blocks them.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         options = {
             "bind": f"{self.settings.host}:{self.settings.port}",
-            "workers": 1,
+            "workers": self.settings.workers,
             "worker_class": "gthread",
             "threads": self.settings.threads,
             # the worker's heartbeat, not a request limit: a large /predict batch on CPU may take a while
@@ -60,16 +61,17 @@ def _stop_training(server, worker) -> None:
         service.shutdown()
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the backend until interrupted; ``host``/``port`` override HOST/PORT."""
+def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+    """Run the backend until interrupted; ``host``/``port``/``workers`` override HOST/PORT/WORKERS."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = replace(settings, host=host or settings.host, port=port or settings.port)
+    settings = replace(settings, host=host or settings.host, port=port or settings.port,
+                       workers=workers or settings.workers)
     logging.getLogger(__name__).info("settings: %r", settings)  # repr hides the API key and password
     _Gunicorn(settings).run()
 
 
 def serve_command(args) -> int:
-    """``python -m backend serve [--host H] [--port P]``: settings from the environment, flags win."""
+    """``python -m backend serve [--host H] [--port P] [--workers N]``: settings from the environment, flags win."""
     from backend.serving.settings import SettingsError
 
     try:
@@ -77,5 +79,13 @@ def serve_command(args) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    serve(settings, args.host, args.port)
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        print(f"error: --workers {workers}: give 1 or more serving processes", file=sys.stderr)
+        return 2
+    if workers and workers > 1 and not settings.training_queue:
+        print(f"error: --workers {workers} needs TRAINING_QUEUE (redis://host:port/db): without a queue each serving "
+              "process would run its own trainings on the same MODEL_DIR; see docs/deploy.md", file=sys.stderr)
+        return 2
+    serve(settings, args.host, args.port, workers)
     return 0

@@ -22,7 +22,7 @@ from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
 from backend.serving.store import LOW_DISK_MB, ModelStore, free_megabytes
-from backend.serving.training_run import PUBLISH, run_training_job
+from backend.serving.training_run import PUBLISH, report_failed_run, run_training_job
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,17 @@ class WebhookOutcome:
     decision: str
 
 
+def job_queue(settings: Settings, store: ModelStore) -> Any:
+    """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one."""
+    if settings.training_queue:
+        from backend.serving.queue import RedisJobQueue
+
+        return RedisJobQueue(settings.training_queue, settings.training_queue_name,
+                             report_failure=functools.partial(report_failed_run, settings))
+    return JobQueue(functools.partial(run_training_job, settings), store.root / ".jobs", nice=settings.train_nice,
+                    concurrency=settings.train_concurrency)
+
+
 class NerService:
     """Per-project predictions, training triggers, versions and status for the HTTP layer.
 
@@ -101,8 +112,7 @@ class NerService:
     ):
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
-        self.jobs = jobs or JobQueue(functools.partial(run_training_job, settings), self.store.root / ".jobs",
-                                     nice=settings.train_nice)
+        self.jobs = jobs or job_queue(settings, self.store)
         self.models = ModelCache(self.store, settings.start_model, load_predictor,
                                  BatchLimits(settings.predict_max_wait_ms, settings.predict_max_subwords))
         self._admission = Admission(settings.predict_max_requests)
@@ -111,9 +121,10 @@ class NerService:
         self._projects: dict[str, ProjectState] = {}
         self._warned: set[str] = set()
         self._publish_asked: set[tuple[str, str]] = set()
-        removed = self.store.clean_temporary()
-        if removed:
-            log.info("removed %d unfinished training folder(s) left by an earlier run", len(removed))
+        if not settings.training_queue:  # with a queue, replicas never write the store: workers clean it
+            removed = self.store.clean_temporary()
+            if removed:
+                log.info("removed %d unfinished training folder(s) left by an earlier run", len(removed))
 
     # --- per-project state --------------------------------------------------------------------------------
     def _state(self, project: str) -> ProjectState:
@@ -222,10 +233,15 @@ class NerService:
     def _start_training(self, project: str, state: ProjectState) -> str:
         with self._lock:
             state.annotations_since_training = 0
-        # Only the address and token Label Studio gave in /setup travel to the child (through a pipe, never
-        # a file); the child prefers LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY from the settings.
-        payload = {"hostname": state.hostname, "access_token": state.access_token}
-        return self.jobs.trigger(project, payload)
+        # the address and token Label Studio gave in /setup travel to the run (a pipe to the child, or the job in
+        # Redis); the run prefers LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY from the settings
+        return self.jobs.trigger(project, self._run_payload(state))
+
+    def _run_payload(self, state: ProjectState) -> dict:
+        """What a run needs from /setup: Label Studio's address and token, the token only when LABEL_STUDIO_API_KEY
+        is not set (the run prefers the key; a payload may sit in Redis)."""
+        token = None if self.settings.label_studio_api_key else state.access_token
+        return {"hostname": state.hostname, "access_token": token}
 
     def _publish(self, project: str, state: ProjectState) -> str:
         """Publish the serving version's predictions in a job of its own (never in this process), unless publishing
@@ -236,7 +252,7 @@ class NerService:
             return "ignored: no version serves yet"
         if self.jobs.status(project).running:
             return "ignored: a run is going; it publishes the version it promotes"
-        payload = {"hostname": state.hostname, "access_token": state.access_token, "action": PUBLISH}
+        payload = {**self._run_payload(state), "action": PUBLISH}
         return f"publishing: {self.jobs.trigger(project, payload)}"
 
     def _known(self, project: str) -> bool:
@@ -292,8 +308,11 @@ class NerService:
     def status(self, project: str | None = None) -> dict[str, Any]:
         """/status: per project, the current version, whether training runs, its progress, the last error."""
         projects = [project_id(project)] if project is not None else self.projects()
+        problems = getattr(self.jobs, "problems", None)
         return {
             "train_every_n": self.settings.train_every_n,
+            "training_queue": {"queue": self.settings.training_queue_name, "problems": problems()}
+            if self.settings.training_queue and problems is not None else None,
             "projects": {p: self.project_status(p) for p in projects},
         }
 

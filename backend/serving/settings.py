@@ -49,12 +49,26 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")) or len(value) <= len("redis://"):
+        raise ValueError(value)
+    return value
+
+
+def _queue_name(value: str) -> str:
+    if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+        raise ValueError(value)
+    return value
+
+
 def _keep(value: str) -> int | None:
     return None if value.lower() == "all" else POSITIVE.parse(value)
 
 
 PORT = Check(_port, "a port number (1-65535)")
 KEEP = Check(_keep, "a whole number >= 1, or all")
+REDIS_URL = Check(_redis_url, "a Redis address such as redis://127.0.0.1:6379/0 (or rediss://, unix://)")
+QUEUE_NAME = Check(_queue_name, "a queue name of ASCII letters, digits, '-', '_' and '.'")
 RESERVED_THREADS = 4  # server threads that waiting predictions leave free by default
 URL = Check(_url, "an http(s):// URL")
 
@@ -104,6 +118,10 @@ class Settings:
     publish_predictions: bool = True  # write each promoted version's predictions into Label Studio
     publish_max_tasks: int = 10_000  # unannotated tasks a promotion publishes at most (lowest task id first)
     keep_versions: int | None = 3  # promoted versions kept besides the serving one and the newest run; None: all
+    train_concurrency: int = 1  # trainings at once over all projects, without a queue (each waits in order)
+    training_queue: str | None = None  # redis://host:port/db: trainings run on RQ workers (backend.serving.queue)
+    training_queue_name: str = "ner-training"  # the RQ queue's name (a worker's --queue)
+    workers: int = 1  # serving processes of `serve` (more than 1 needs the training queue)
     training: RecipeOverrides = RecipeOverrides()  # TRAIN_<KNOB> for every TrainingConfig knob
 
     @property
@@ -140,6 +158,12 @@ class Settings:
             raise SettingsError(
                 f"PREDICT_MAX_REQUESTS={predict_max_requests} must be below THREADS={threads}, so that /setup, "
                 "/webhook and /status always find a free thread: raise THREADS or lower PREDICT_MAX_REQUESTS")
+        training_queue = _parse(env, "TRAINING_QUEUE", REDIS_URL, None)
+        workers = _parse(env, "WORKERS", POSITIVE, cls.workers)
+        if workers > 1 and training_queue is None:
+            raise SettingsError(
+                f"WORKERS={workers} needs TRAINING_QUEUE (redis://host:port/db): without a queue each serving process "
+                "would run its own trainings on the same MODEL_DIR; see docs/deploy.md")
         return cls(
             label_studio_url=_parse(env, "LABEL_STUDIO_URL", URL, None),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
@@ -167,5 +191,9 @@ class Settings:
             keep_versions=_parse(env, "KEEP_VERSIONS", KEEP, cls.keep_versions),
             publish_predictions=_parse(env, "PUBLISH_PREDICTIONS", BOOLEAN, cls.publish_predictions),
             publish_max_tasks=_parse(env, "PUBLISH_MAX_TASKS", NOT_NEGATIVE, cls.publish_max_tasks),
+            train_concurrency=_parse(env, "TRAIN_CONCURRENCY", POSITIVE, cls.train_concurrency),
+            training_queue=training_queue,
+            training_queue_name=_parse(env, "TRAINING_QUEUE_NAME", QUEUE_NAME, cls.training_queue_name),
+            workers=workers,
             training=training,
         )

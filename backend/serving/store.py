@@ -6,10 +6,12 @@ temporary folder that ``clean_temporary`` removes at start-up.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
@@ -81,15 +83,25 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _host_tag() -> str:
+    """This host in a temporary folder's name (8 hex digits of its name): on a shared MODEL_DIR, a process id
+    means something only on the host that wrote it."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _writer_tag() -> str:
-    """This process in a temporary folder's name: ``<pid>.<start time>``, so a later process that got the same pid
-    (a restarted container numbers from 1 again) is not taken for the writer."""
-    return f"{os.getpid()}.{_process_start(os.getpid()) or 0}"
+    """This process in a temporary folder's name: ``<pid>.<start time>.<host>``, so a later process that got the
+    same pid (a restarted container numbers from 1 again) is not taken for the writer, nor a process of another
+    host sharing the folder."""
+    return f"{os.getpid()}.{_process_start(os.getpid()) or 0}.{_host_tag()}"
 
 
 def _writer_alive(name: str) -> bool:
-    """Whether the process that made temporary folder ``name`` (``.tmp-<pid>.<start>-...``) still runs."""
-    pid, _, start = name[len(TEMPORARY_PREFIX):].split("-", 1)[0].partition(".")
+    """Whether the process that made temporary folder ``name`` (``.tmp-<pid>.<start>.<host>-...``) still runs;
+    a folder of another host is taken as alive (only that host can tell)."""
+    pid, start, host = (name[len(TEMPORARY_PREFIX):].split("-", 1)[0].split(".") + ["", ""])[:3]
+    if host and host != _host_tag():
+        return True
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:

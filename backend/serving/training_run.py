@@ -55,21 +55,36 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     # the SDK's client logs every request, including the 404 that ends its paging; keep only problems
     logging.getLogger("httpx").setLevel(logging.WARNING)
     store = ModelStore(settings.model_dir)
-    backend_auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
-    client = LabelStudioClient(credentials_for(settings, payload), backend_auth=backend_auth)
+    client = _client(settings, payload)
     if payload.get("action") == PUBLISH:
         return publish_project(settings, project, client, store, progress)
     try:
         return train_project(settings, project, client, store, progress)
     except Exception as error:
         if settings.report_to_label_studio:
-            message = f"{type(error).__name__}: {error}"
-            when = utc_now()
-            _report_back(settings, client, int(project), failure_block(message, store.current(project), when),
-                         failure_description(message, store.current(project), when))
-            reason = (str(error) or type(error).__name__).splitlines()[0][:120]
-            Card(settings, client, int(project)).show(f"NER · training failed: {reason}")
+            _report_failure(settings, project, client, store, f"{type(error).__name__}: {error}",
+                            str(error) or type(error).__name__)
         raise
+
+
+def report_failed_run(settings: Settings, project: str, payload: dict, message: str) -> None:
+    """Tell Label Studio of a run that ended without reporting itself (its worker died): the Instructions block,
+    the ML record's description and the card title say so; the serving version is unchanged."""
+    if settings.report_to_label_studio:
+        _report_failure(settings, project, _client(settings, payload), ModelStore(settings.model_dir), message, message)
+
+
+def _client(settings: Settings, payload: dict) -> LabelStudioClient:
+    backend_auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    return LabelStudioClient(credentials_for(settings, payload), backend_auth=backend_auth)
+
+
+def _report_failure(settings: Settings, project: str, client: ProjectClient, store: ModelStore, message: str,
+                    reason: str) -> None:
+    when = utc_now()
+    _report_back(settings, client, int(project), failure_block(message, store.current(project), when),
+                 failure_description(message, store.current(project), when))
+    Card(settings, client, int(project)).show(f"NER · training failed: {reason.splitlines()[0][:120]}")
 
 
 def train_project(
