@@ -434,6 +434,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", metavar="USER:PASS", help="HTTP basic auth on every request (and for --serve-from)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of a --serve-from backend (repeatable)")
+    parser.add_argument("--replicas-of", action="append", default=[], metavar="LABEL",
+                        help="the --label of a side that runs --replicas serving processes (WORKERS) with "
+                             "TRAINING_QUEUE on a Redis started for it")
+    parser.add_argument("--replicas", type=int, default=2, help="serving processes of a --replicas-of side")
     args = parser.parse_args(argv)
     if args.serve_from and len(args.serve_from) > 2:
         parser.error("--serve-from at most twice")
@@ -462,8 +466,21 @@ def run_served(name: str, checkout: Path, model: Path, config: str, auth: tuple[
     """One --serve-from side: start its backend, load it, stop it."""
     print(f"[{name}] starting the backend from {checkout}", file=sys.stderr)
     extra_env = dict(item.split("=", 1) for item in args.env)
-    with served(checkout, model, extra_env, auth, work) as (url, log):
-        result = run_load(Target(url, args.project, config, auth), texts, args, work)
+    redis = None
+    if name in args.replicas_of:  # serving replicas: gunicorn processes that enqueue trainings on a real Redis
+        from scripts.stack import RedisServer
+
+        redis = RedisServer(work / "redis")
+        redis.start()
+        extra_env.update(WORKERS=str(args.replicas), TRAINING_QUEUE=redis.url)
+    try:
+        with served(checkout, model, extra_env, auth, work) as (url, log):
+            result = run_load(Target(url, args.project, config, auth), texts, args, work)
+    finally:
+        if redis is not None:
+            redis.stop()
+    if redis is not None:
+        result["replicas"] = args.replicas
     print(f"[{name}] {json.dumps(result['routes'].get(PREDICT))}", file=sys.stderr)
     return {"checkout": str(checkout), "commit": commit_of(checkout), **result,
             "server_log_errors": server_log_errors(log)}

@@ -157,6 +157,23 @@ def test_a_second_backend_on_the_same_model_dir_refuses_to_train_a_project_the_f
     assert _runs(tmp_path) == ["3:", "5:", "3:after"]
 
 
+def test_another_process_on_the_same_model_dir_is_refused_while_this_one_trains(tmp_path, queue_of):
+    import subprocess
+    import sys
+
+    queue = queue_of(recorded_run)
+    assert queue.trigger("3", _payload(tmp_path)) == "started"
+    assert _wait_until(lambda: _runs(tmp_path) == ["3:"])
+    other = ("import sys; from backend.serving.jobs import JobQueue; from tests.test_jobs import recorded_run; "
+             "q = JobQueue(recorded_run, sys.argv[1]); print(q.trigger('3', {})); print(q.status('3').running)")
+    done = subprocess.run([sys.executable, "-c", other, str(tmp_path / "jobs")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=WAIT_S)
+    answer, running = done.stdout.splitlines()
+    assert answer.startswith("refused: another backend process on this MODEL_DIR") and running == "True"
+    (tmp_path / "release").touch()
+    assert queue.wait_idle("3", WAIT_S) and _runs(tmp_path) == ["3:"]
+
+
 def test_a_failed_run_reports_its_error(tmp_path, queue_of):
     queue = queue_of(failing_run)
     queue.trigger("7")

@@ -44,7 +44,8 @@ def test_every_variable_is_read(tmp_path):
     ("PORT", "http"), ("PORT", "70000"), ("TRAIN_EVERY_N", "-1"), ("PROMOTE_IF_NOT_WORSE", "maybe"),
     ("VALIDATION_FRACTION", "1.5"), ("MAX_REQUEST_BYTES", "0"), ("LABEL_STUDIO_URL", "localhost:8080"),
     ("TRAIN_EPOCHS", "three"), ("THREADS", "0"), ("TRAIN_FROZEN_LAYERS", "-1"),
-    ("TRAIN_PRECISION", "int8"),
+    ("TRAIN_PRECISION", "int8"), ("TRAIN_CONCURRENCY", "0"), ("TRAINING_QUEUE", "localhost:6379"),
+    ("TRAINING_QUEUE", "redis://"), ("TRAINING_QUEUE_NAME", "ner training"), ("WORKERS", "0"),
 ])
 def test_an_invalid_value_is_an_error_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
@@ -76,3 +77,12 @@ def test_model_dir_must_be_a_writable_folder_or_creatable_but_is_not_created(tmp
     fresh = tmp_path / "new" / "models"
     assert Settings.from_env({"MODEL_DIR": str(fresh)}).model_dir == fresh
     assert not fresh.exists()
+
+
+def test_several_serving_processes_need_the_training_queue():
+    with pytest.raises(SettingsError, match="WORKERS=2 needs TRAINING_QUEUE"):
+        Settings.from_env({"WORKERS": "2"})
+    settings = Settings.from_env({"WORKERS": "2", "TRAINING_QUEUE": "redis://10.0.0.5:6379/1",
+                                  "TRAINING_QUEUE_NAME": "gpu-a100", "TRAIN_CONCURRENCY": "3"})
+    assert (settings.workers, settings.training_queue, settings.training_queue_name, settings.train_concurrency) == (
+        2, "redis://10.0.0.5:6379/1", "gpu-a100", 3)

@@ -101,7 +101,7 @@ def main() -> None:
         finally:
             for process in reversed(processes):
                 process.stop()
-    print_result({"bench": "queue", "projects": args.projects, "annotated_tasks_each": args.tasks,
+    print_result({"bench": "training_queue", "projects": args.projects, "annotated_tasks_each": args.tasks,
                   "model": "tiny BERT (tests/helpers/tiny_model.py), TRAIN_THREADS=1",
                   "one_process_train_concurrency_1": one, "rq_2_workers": two,
                   "wall_ratio": round(one["wall_s"] / two["wall_s"], 2) if two["wall_s"] else None,
