@@ -364,6 +364,14 @@ def prepare(target: Target, warmup_text: str) -> dict:
     if warmup.outcome == "empty":
         print("warning: the warm-up /predict came back empty on a text with entities: do the label config's labels "
               "match the model's?", file=sys.stderr)
+    # each serving process loads the model on its own first request: warm up every one (replicas) before the window
+    extra = [threading.Thread(target=timed, args=(target.session(timeout=HEALTH_TIMEOUT_S), PREDICT,
+                                                  f"{target.url}/predict", predict_outcome(1)),
+                              kwargs={"body": target.predict_body(0, [warmup_text])}) for _ in range(16)]
+    for thread in extra:
+        thread.start()
+    for thread in extra:
+        thread.join()
     return {"setup_ms": round(setup.ms, 1), "warmup_predict_ms": round(warmup.ms, 1), "warmup_outcome": warmup.outcome}
 
 

@@ -86,3 +86,18 @@ def test_several_serving_processes_need_the_training_queue():
                                   "TRAINING_QUEUE_NAME": "gpu-a100", "TRAIN_CONCURRENCY": "3"})
     assert (settings.workers, settings.training_queue, settings.training_queue_name, settings.train_concurrency) == (
         2, "redis://10.0.0.5:6379/1", "gpu-a100", 3)
+
+
+def test_several_serving_processes_on_one_host_share_its_cores(monkeypatch):
+    import os
+
+    from backend.serving.server import _share_the_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    _share_the_cores(1)
+    assert "OMP_NUM_THREADS" not in os.environ  # one process: PyTorch's default, one thread per core
+    _share_the_cores(2)
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    _share_the_cores(2)
+    assert os.environ["OMP_NUM_THREADS"] == "3"  # what the operator set wins

@@ -198,11 +198,11 @@ def run_job(queue_name: str, project: str, job_id: str, payload: dict, target: s
     redis = get_current_job().connection
     if not begin(redis, queue_name, project, job_id):
         return "not run: the project's record names another run (this one was declared abandoned)"
-    settings = Settings.from_env()
-    if settings.train_nice > 0:
-        os.nice(settings.train_nice)
     error, result = None, None
     try:
+        settings = Settings.from_env()  # the worker's own environment: MODEL_DIR, Label Studio, the recipe
+        if settings.train_nice > 0:
+            os.nice(settings.train_nice)
         module, _, name = target.rpartition(".")
         run = getattr(importlib.import_module(module), name)
         result = run(settings, project, payload, RedisProgress(redis, project_key(queue_name, project)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 from dataclasses import replace
@@ -46,11 +47,20 @@ class _Gunicorn(BaseApplication):
         # Built in the worker (after gunicorn's fork), so no thread or model crosses a fork.
         from backend.serving.app import create_app
 
+        _share_the_cores(self.settings.workers)
         app = create_app(self.settings)
         # Importing torch + transformers takes seconds; doing it now, off the request path, keeps the first
         # /predict after a project's first training from waiting for it.
         threading.Thread(target=importlib.import_module, args=("backend.model.predict",), name="warm-up", daemon=True).start()
         return app
+
+
+def _share_the_cores(workers: int) -> None:
+    """With several serving processes on one host, each gets its share of the cores as PyTorch's thread count
+    (read when torch is first imported, after this): N processes of one thread per core would each wait on cores
+    the others keep busy. An OMP_NUM_THREADS that is set wins."""
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 
 def _stop_training(server, worker) -> None:

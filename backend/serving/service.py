@@ -1,7 +1,8 @@
 """The ML backend's domain logic without HTTP: per-project state, predictions, webhooks, versions and status.
 
 ``NerService`` is what the Flask routes call. It holds a ``ModelCache`` (which model answers) and a job queue
-whose jobs run ``backend.serving.training_run`` in a child process; it never trains itself.
+whose jobs run ``backend.serving.training_run``: in a child process (``jobs``), or on an RQ worker with
+TRAINING_QUEUE (``queue``); it never trains itself.
 """
 from __future__ import annotations
 
