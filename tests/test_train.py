@@ -220,3 +220,15 @@ def test_length_grouped_batches_cover_every_text_once_within_both_limits(lengths
         assert 1 <= len(batch) <= batch_size
         if max_tokens is not None and len(batch) > 1:  # one text longer than the cap still makes a batch
             assert len(batch) * max(lengths[i] for i in batch) <= max_tokens
+
+
+def test_a_warm_start_from_a_saved_version_keeps_what_it_learned_head_included(tiny_trained_model, tmp_path,
+                                                                              synthetic_heldout):
+    # a "training" that cannot move the weights (lr 1e-9): a warm start from the version predicts as the version
+    # does, so its head and body were loaded, not drawn anew (a new head scores near nothing: the test above)
+    learned = evaluate_model(tiny_trained_model.model_dir, synthetic_heldout).overall.f1
+    warm = train_model(restaurant_examples(20, seed=3), bio_labels(),
+                       TrainingConfig(base_model=str(tiny_trained_model.model_dir), epochs=1, lr=1e-9, threads=2),
+                       tmp_path / "warm")
+    assert evaluate_model(warm.model_dir, synthetic_heldout).overall.f1 == pytest.approx(learned, abs=0.01)
+    assert learned > 0.5

@@ -7,7 +7,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable
 
-from backend.model.metrics import EntityScore, Scores
+from backend.data.suggestions import OUTCOMES
+from backend.model.metrics import EntityScore, F1Difference, Scores
 from backend.serving.labelstudio import REPORT_END, REPORT_START
 from backend.serving.store import Manifest
 
@@ -77,7 +78,7 @@ def instruction_block(manifest: Manifest) -> str:
         f"{REPORT_START}<h3>NER model {escape(manifest.version)}: F1 {_number(manifest.f1)}</h3>"
         f"<p>Trained {escape(manifest.created_at)} on {manifest.train_size} tasks, validated on "
         f"{manifest.validation_size} tasks, in {manifest.training_seconds:.0f} s; "
-        f"<b>{_decision(manifest)}</b>.{previous}</p>"
+        f"<b>{_decision(manifest)}</b>.{previous}</p>{_comparison(manifest)}{_kept(manifest)}"
         f"{_table(manifest)}{REPORT_END}"
     )
 
@@ -106,16 +107,80 @@ def failure_description(error: str, serving: str | None, when: str) -> str:
 
 
 def outcome_title(summary: dict[str, Any]) -> str:
-    """The card's title after a run: what serves now and why."""
+    """The card's title after a run: what serves now and why (with the F1 difference's interval when there is
+    one, e.g. ``NER · v3 kept v2 (F1 0.689 < 0.699; ΔF1 -0.041, 90% -0.070 to -0.012)``)."""
     f1 = summary.get("f1")
     scored = f" · F1 {f1:.3f}" if isinstance(f1, float) else ""
+    difference = _difference_of(summary)
     if summary.get("version") is None:
         return f"NER · {summary.get('previous_version') or 'no model'} serving · nothing new"
     if summary.get("promoted"):
-        return f"NER · {summary['version']} serving{scored}"
+        return f"NER · {summary['version']} serving{scored}" + (f" · {difference.text()}" if difference else "")
     previous_f1 = summary.get("previous_f1")
-    why = f" (F1 {f1:.3f} < {previous_f1:.3f})" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
-    return f"NER · {summary['version']} kept {summary.get('previous_version')}{why}"
+    why = f"F1 {f1:.3f} < {previous_f1:.3f}" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
+    why += f"; {difference.text()}" if difference and why else ""
+    return f"NER · {summary['version']} kept {summary.get('previous_version')}" + (f" ({why})" if why else "")
+
+
+def _difference_of(summary: dict[str, Any]) -> F1Difference | None:
+    data = summary.get("f1_difference")
+    return F1Difference.from_dict(data) if isinstance(data, dict) else None
+
+
+def _kept(manifest: Manifest) -> str:
+    """One sentence per model version: what annotators did with its suggestions, on the tasks it was shown on."""
+    data = manifest.suggestions or {}
+    lines = []
+    for version, per_label in (data.get("versions") or {}).items():
+        total = {o: sum(counts.get(o, 0) for counts in per_label.values()) for o in OUTCOMES}
+        suggested = sum(total[o] for o in OUTCOMES if o != "added")
+        if not suggested and not total["added"]:
+            continue
+        shares = ", ".join(f"{total[o] / suggested:.0%} {o}" for o in OUTCOMES if o != "added" and suggested)
+        lines.append(f"{escape(version)} on {data.get('tasks', {}).get(version, 0)} annotated tasks: of "
+                     f"{suggested} suggested spans {shares or 'none'}; {total['added']} spans added by hand")
+    return ("<p>What annotators kept of the suggestions: " + "; ".join(lines) + ".</p>") if lines else ""
+
+
+def _kept_chart(manifest: Manifest) -> str:
+    """Per model version, a bar of its suggested spans split by outcome (no JavaScript), and a per-entity table."""
+    versions = (manifest.suggestions or {}).get("versions") or {}
+    if not versions:
+        return ""
+    colours = {"kept": "#3b7dd8", "relabelled": "#e0a030", "resized": "#8cb5ea", "deleted": "#d05050",
+               "added": "#999"}
+    parts = ["<h2>What annotators kept of the suggestions</h2><div class='bars'>"]
+    for version, per_label in versions.items():
+        total = {o: sum(counts.get(o, 0) for counts in per_label.values()) for o in OUTCOMES}
+        whole = sum(total.values()) or 1
+        segments = "".join(f"<div title='{o}: {total[o]}' style='width:{100 * total[o] / whole:.1f}%;"
+                           f"background:{colours[o]};height:100%'></div>" for o in OUTCOMES if total[o])
+        parts.append(f"<div class='bar-row'><span class='bar-label'>{escape(version)}</span><span class='bar-track' "
+                     f"style='display:flex'>{segments}</span></div>")
+    parts.append("</div><p class='muted'>" + " ".join(f"<span style='color:{colours[o]}'>&#9632;</span> {o}"
+                                                       for o in OUTCOMES) + "</p>")
+    parts.append("<table><thead><tr><th>version</th><th>entity</th>" + "".join(f"<th>{o}</th>" for o in OUTCOMES)
+                 + "</tr></thead><tbody>")
+    for version, per_label in versions.items():
+        for label, counts in per_label.items():
+            parts.append(f"<tr><td>{escape(version)}</td><td>{escape(label)}</td>"
+                         + "".join(f"<td>{counts.get(o, 0)}</td>" for o in OUTCOMES) + "</tr>")
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _comparison(manifest: Manifest) -> str:
+    """How the version compares with the one before, in words: the difference and its interval, and where the
+    training started from."""
+    parts = []
+    if manifest.f1_difference is not None:
+        d = manifest.f1_difference
+        parts.append(f"F1 difference with {escape(manifest.previous_version or '')} on the same {d.tasks} validation "
+                     f"tasks: {d.delta:+.3f}, {d.level:.0%} interval {d.low:+.3f} to {d.high:+.3f} (paired bootstrap "
+                     f"over tasks, {d.rounds} rounds)")
+    if manifest.started_from:
+        parts.append(f"trained from {escape(manifest.started_from)}")
+    return f"<p>{'; '.join(parts)}.</p>" if parts else ""
 
 
 _PAGE_STYLE = """
@@ -178,8 +243,10 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
     parts.append(f"<p class='muted'>{latest.train_size} training and {latest.validation_size} validation tasks, "
                  f"{latest.training_seconds:.0f} s, base model {escape(latest.base_model)}, {escape(latest.created_at)}."
                  " Blue: F1 of this version; grey: F1 of the model serving before, on the same validation tasks.</p>")
+    parts.append(f"<p>{escape(latest.decision)}</p>{_comparison(latest)}")
     parts.append(_bars(latest))
     parts.append(_table(latest))
+    parts.append(_kept_chart(latest))
     parts.append("<h2>All versions</h2><table><thead><tr><th>version</th><th>created</th><th>F1</th>"
                  "<th>train</th><th>validation</th><th>promoted</th><th>serving</th></tr></thead><tbody>")
     for manifest in reversed(manifests):

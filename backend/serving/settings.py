@@ -61,6 +61,12 @@ def _queue_name(value: str) -> str:
     return value
 
 
+def _gate(value: str) -> str:
+    if value.lower() not in ("bootstrap", "strict"):
+        raise ValueError(value)
+    return value.lower()
+
+
 def _keep(value: str) -> int | None:
     return None if value.lower() == "all" else POSITIVE.parse(value)
 
@@ -68,6 +74,7 @@ def _keep(value: str) -> int | None:
 PORT = Check(_port, "a port number (1-65535)")
 KEEP = Check(_keep, "a whole number >= 1, or all")
 REDIS_URL = Check(_redis_url, "a Redis address such as redis://127.0.0.1:6379/0 (or rediss://, unix://)")
+GATE = Check(_gate, "bootstrap or strict")
 QUEUE_NAME = Check(_queue_name, "a queue name of ASCII letters, digits, '-', '_' and '.'")
 RESERVED_THREADS = 4  # server threads that waiting predictions leave free by default
 URL = Check(_url, "an http(s):// URL")
@@ -111,6 +118,10 @@ class Settings:
     backend_url: str | None = None
     train_every_n: int = 10
     promote_if_not_worse: bool = True
+    promotion_gate: str = "bootstrap"  # bootstrap: keep the serving version only when the new one is worse beyond
+    # noise (90% paired bootstrap interval of the F1 difference below 0); strict: when its F1 is lower at all
+    warm_start: bool = True  # continue from the serving version when its labels are the project's
+    warm_start_epochs: int = 2  # epochs of a warm start (bench/README: "Warm starts")
     report_to_label_studio: bool = True
     validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
     max_request_bytes: int = 64 * 1024 * 1024
@@ -183,6 +194,9 @@ class Settings:
             train_every_n=_parse(env, "TRAIN_EVERY_N", Check(NOT_NEGATIVE.parse, "a whole number >= 0 (0 = off)"),
                                  cls.train_every_n),
             promote_if_not_worse=_parse(env, "PROMOTE_IF_NOT_WORSE", BOOLEAN, cls.promote_if_not_worse),
+            promotion_gate=_parse(env, "PROMOTION_GATE", GATE, cls.promotion_gate),
+            warm_start=_parse(env, "WARM_START", BOOLEAN, cls.warm_start),
+            warm_start_epochs=_parse(env, "WARM_START_EPOCHS", POSITIVE, cls.warm_start_epochs),
             report_to_label_studio=_parse(env, "REPORT_TO_LABEL_STUDIO", BOOLEAN, cls.report_to_label_studio),
             validation_fraction=_parse(env, "VALIDATION_FRACTION", FRACTION, cls.validation_fraction),
             max_request_bytes=_parse(env, "MAX_REQUEST_BYTES", Check(POSITIVE.parse, "a number of bytes >= 1"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.data.spans import entity_types
-from backend.model.metrics import Scores
+from backend.model.metrics import F1Difference, Scores
 
 MANIFEST = "manifest.json"
 POINTER = "current.json"
@@ -140,6 +140,9 @@ class Manifest:
     version: str = ""
     created_at: str = field(default_factory=utc_now)
     fingerprint: str = ""  # what it was trained on (training_run.training_fingerprint): the same means nothing new
+    f1_difference: F1Difference | None = None  # candidate minus previous F1 with its bootstrap interval
+    started_from: str = ""  # "base model <id>", or "<version> (warm start)": what the training continued from
+    suggestions: dict[str, Any] = field(default_factory=dict)  # what annotators kept (data.suggestions.to_dict)
 
     @property
     def f1(self) -> float | None:
@@ -150,7 +153,10 @@ class Manifest:
         return self.previous_scores.overall.f1 if self.previous_scores else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # Scores are dataclasses: they become {"overall": ..., "per_entity": ...}
+        data = asdict(self)
+        for name in ("scores", "previous_scores"):  # {"overall": ..., "per_entity": ...}, without per-task counts
+            data[name] = getattr(self, name).to_dict() if getattr(self, name) is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -158,6 +164,7 @@ class Manifest:
         values = {k: v for k, v in data.items() if k in known}
         for name in ("scores", "previous_scores"):
             values[name] = _scores(values.get(name))
+        values["f1_difference"] = _difference(values.get("f1_difference"))
         return cls(**values)
 
 
@@ -166,6 +173,13 @@ def _scores(data: Any) -> Scores | None:
     try:
         return Scores.from_dict(data) if data else None
     except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _difference(data: Any) -> F1Difference | None:
+    try:
+        return F1Difference.from_dict(data) if isinstance(data, dict) else None
+    except (TypeError, ValueError):
         return None
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,14 +16,15 @@ from backend.data.formats import keyed_tasks_to_examples
 from backend.data.schema import LabelSchema, parse_label_config
 from backend.data.spans import ConversionReport, Example, has_entities
 from backend.data.splits import split_examples
+from backend.data.suggestions import suggestion_outcomes
 from backend.data.tasks import choose_annotation
-from backend.model.metrics import Scores
+from backend.model.metrics import Scores, f1_difference
 from backend.serving.jobs import ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
 from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
 from backend.serving.settings import Settings
-from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
+from backend.serving.store import Manifest, ModelStore, model_labels, read_json, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,10 @@ def train_project(
             card.training(p.step, p.total_steps)
 
         card.training(0, 0)
+        recipe, started_from = _starting_point(settings, store, project, schema, config)
         # Training picks its best epoch on a carve of its own: the project's validation split stays unseen, so
         # the candidate and the current model are compared on equal terms.
-        result = train_fn(train_examples, schema.bio_labels, config, temporary, progress=on_progress)
+        result = train_fn(train_examples, schema.bio_labels, recipe, temporary, progress=on_progress)
         seconds = time.monotonic() - started
         if Path(result.model_dir).resolve() != temporary.resolve():
             raise RuntimeError(f"training saved the model in {result.model_dir}, expected {temporary}")
@@ -157,12 +159,16 @@ def train_project(
             train_size=len(train_examples),
             validation_size=len(validation_examples),
             training_seconds=round(seconds, 1),
-            settings={"training": _json_safe(asdict(config)), "validation_fraction": settings.validation_fraction,
-                      "promote_if_not_worse": settings.promote_if_not_worse},
+            settings={"training": _json_safe(asdict(recipe)), "validation_fraction": settings.validation_fraction,
+                      "promote_if_not_worse": settings.promote_if_not_worse,
+                      "promotion_gate": settings.promotion_gate},
             scores=scores,
             previous_version=previous[0] if previous else None,
             previous_scores=previous_scores,
             fingerprint=fingerprint,
+            f1_difference=f1_difference(scores, previous_scores) if scores and previous_scores else None,
+            started_from=started_from,
+            suggestions=suggestion_outcomes(tasks, schema).to_dict(),
         )
         current = store.current(project)
         manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
@@ -187,7 +193,8 @@ def train_project(
                "previous_version": manifest.previous_version, "previous_f1": manifest.previous_f1,
                "train_size": manifest.train_size, "validation_size": manifest.validation_size,
                "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
-               "published": None, "publish_error": None}
+               "f1_difference": manifest.f1_difference.to_dict() if manifest.f1_difference else None,
+               "started_from": started_from, "published": None, "publish_error": None}
     card.show(outcome_title(summary))
     if manifest.promoted and settings.publish_predictions:
         summary["published"], summary["publish_error"] = _publish(settings, project, version, client, store,
@@ -301,6 +308,22 @@ def _previous_model(settings: Settings, store: ModelStore, project: str, schema:
     return None
 
 
+def _starting_point(settings: Settings, store: ModelStore, project: str, schema: LabelSchema,
+                    config: Any) -> tuple[Any, str]:
+    """The recipe of this run and what it starts from: the serving version (a warm start: WARM_START_EPOCHS epochs
+    from its weights, head included) when it predicts exactly the project's BIO labels, else the base model (no
+    version yet, labels changed, or WARM_START off)."""
+    current = store.current(project)
+    if not settings.warm_start or current is None:
+        return config, f"base model {config.base_model}"
+    folder = store.version_dir(project, current)
+    id2label = (read_json(folder / "config.json") or {}).get("id2label") or {}
+    tags = [id2label.get(str(i)) for i in range(len(id2label))]
+    if tags != list(schema.bio_labels):
+        return config, f"base model {config.base_model} ({current}'s labels are not the project's)"
+    return replace(config, base_model=str(folder), epochs=settings.warm_start_epochs), f"{current} (warm start)"
+
+
 def _evaluate_both(project: str, candidate: Path, previous: tuple[str, Path] | None, validation: list[Example],
                    evaluate_fn: Callable) -> tuple[Scores | None, Scores | None]:
     """The candidate's and the previous model's scores on the same validation tasks. Tasks without any entity
@@ -331,9 +354,17 @@ def _decide(settings: Settings, manifest: Manifest, unfit_current: str | None = 
                       "task(s) have no entities)")
     if manifest.f1 is None or manifest.previous_f1 is None:
         return True, "promoted: no validation scores to compare"
-    if manifest.f1 >= manifest.previous_f1:
-        return True, f"promoted: F1 {manifest.f1:.3f} >= {manifest.previous_f1:.3f} of {manifest.previous_version}"
-    return False, f"kept {manifest.previous_version}: F1 {manifest.f1:.3f} < {manifest.previous_f1:.3f}"
+    f1, previous, before = manifest.f1, manifest.previous_f1, manifest.previous_version
+    difference = manifest.f1_difference
+    if settings.promotion_gate == "bootstrap" and difference is not None:
+        if difference.worse_beyond_noise:
+            return False, f"kept {before}: F1 {f1:.3f} < {previous:.3f}, worse beyond noise ({difference.text()})"
+        than = ">=" if f1 >= previous else "<"
+        verdict = "" if f1 >= previous else ", within noise"
+        return True, f"promoted: F1 {f1:.3f} {than} {previous:.3f} of {before}{verdict} ({difference.text()})"
+    if f1 >= previous:
+        return True, f"promoted: F1 {f1:.3f} >= {previous:.3f} of {before}"
+    return False, f"kept {before}: F1 {f1:.3f} < {previous:.3f}"
 
 
 def _json_safe(data: dict) -> dict:
