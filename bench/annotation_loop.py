@@ -1,0 +1,152 @@
+"""Annotation loop: a simulated annotator over the MIT restaurant training pool (its tags are the annotator's
+answers), scored on restaurantvalid.bio.
+
+Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
+pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves, its least certain
+word), the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
+``train_model``, the service's training function: ``warm`` (from the serving model, WARM_START_EPOCHS epochs, as
+the service's warm start) or ``scratch`` (from the base model). Per round: annotations so far, validation F1, the
+share of the picked batch's gold entities the shown suggestions already had exactly (work saved), the share of
+suggested entities the annotator kept exactly, training seconds. One JSON line per round, a PNG of F1 against
+annotations for the runs side by side (``--plot``), and a summary JSON object last.
+``--quick``: the tiny model of the tests on synthetic sentences, a few rounds (for CI).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BIO_LABELS, TRAIN_FILE, VALID_FILE, print_result, read_examples, stand_in_model  # noqa: E402
+
+from backend.model.config import TrainingConfig  # noqa: E402
+from backend.model.metrics import entities  # noqa: E402
+from backend.serving.settings import Settings  # noqa: E402
+
+CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s)
+
+
+def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float | None, float | None]:
+    """(gold entities the suggestions had exactly / gold entities, suggested entities kept exactly / suggested)."""
+    hits = suggested = wanted = 0
+    for gold_tags, shown_tags in zip(gold, shown):
+        truth, offered = set(entities(gold_tags)), set(entities(shown_tags))
+        hits += len(truth & offered)
+        suggested += len(offered)
+        wanted += len(truth)
+    return (hits / wanted if wanted else None), (hits / suggested if suggested else None)
+
+
+def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random) -> list[int]:
+    """The indices of the next ``step`` pool sentences to annotate."""
+    left = [i for i in range(len(pool)) if i not in taken]
+    if strategy == "random" or predictor is None:
+        return rng.sample(left, min(step, len(left)))
+    candidates = rng.sample(left, min(CANDIDATES, len(left)))
+    scores = predictor.predict([" ".join(pool[i].tokens) for i in candidates])
+    ranked = sorted(zip((p.score for p in scores), candidates))
+    return [i for _, i in ranked[:step]]
+
+
+def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: list[str], args, work: Path,
+        log) -> list[dict]:
+    from backend.model.predict import Predictor
+    from backend.model.train import evaluate_model, train_model
+
+    rng = random.Random(args.seed)
+    config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
+    taken: list[int] = rng.sample(range(len(pool)), args.start)
+    predictor, model_dir, rounds = None, None, []
+    while True:
+        picked = taken[-args.step:] if predictor is not None else taken
+        saved = kept = None
+        if predictor is not None:  # what the serving model suggested for the sentences the annotator now does
+            shown = predictor.predict_tags([pool[i].tokens for i in picked])
+            saved, kept = shown_and_kept([pool[i].tags for i in picked], shown)
+        recipe = config if mode == "scratch" or model_dir is None else replace(
+            config, base_model=str(model_dir), epochs=args.warm_epochs)
+        started = time.perf_counter()
+        model_dir = train_model([pool[i] for i in taken], labels, recipe, work / f"{strategy}-{mode}-{len(taken)}")\
+            .model_dir
+        train_s = time.perf_counter() - started
+        predictor = Predictor.load(model_dir, threads=args.threads)
+        f1 = evaluate_model(predictor, valid).overall.f1
+        row = {"strategy": strategy, "mode": mode, "round": len(rounds), "annotations": len(taken),
+               "f1": round(f1, 4), "work_saved": None if saved is None else round(saved, 4),
+               "kept_exactly": None if kept is None else round(kept, 4), "train_s": round(train_s, 1)}
+        rounds.append(row)
+        print(json.dumps(row), file=log, flush=True)
+        if len(taken) >= args.until:
+            return rounds
+        taken += pick(strategy, predictor, pool, set(taken), min(args.step, args.until - len(taken)), rng)
+
+
+def plot(runs: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, rounds in runs.items():
+        axis.plot([r["annotations"] for r in rounds], [r["f1"] for r in rounds], marker="o", label=name)
+    axis.set_xlabel("annotated sentences")
+    axis.set_ylabel("F1 on restaurantvalid.bio")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--strategies", nargs="+", default=["random", "doubt"], choices=["random", "doubt"])
+    parser.add_argument("--modes", nargs="+", default=["warm"], choices=["warm", "scratch"])
+    parser.add_argument("--start", type=int, default=50)
+    parser.add_argument("--step", type=int, default=50)
+    parser.add_argument("--until", type=int, default=1500, help="stop after this many annotations")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
+    parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
+    parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
+    args = parser.parse_args(argv)
+    args.recipe = {}
+    with tempfile.TemporaryDirectory(prefix="ner-bench-loop-") as tmp:
+        work = Path(tmp)
+        if args.quick:
+            from tests.conftest import TINY_RECIPE
+            from tests.helpers.synthetic import bio_labels, restaurant_examples
+            from tests.helpers.tiny_model import build_tiny_model
+
+            pool, valid = restaurant_examples(300, seed=1), restaurant_examples(60, seed=2)
+            base = str(build_tiny_model(work / "tiny", [e.text for e in pool + valid]))
+            labels = bio_labels()
+            args.start, args.step, args.until = 20, 20, min(args.until, 60)
+            args.recipe = {k: v for k, v in TINY_RECIPE.items() if k != "threads"}
+        else:
+            pool, valid, base, labels = read_examples(TRAIN_FILE), read_examples(VALID_FILE), stand_in_model(), BIO_LABELS
+        runs = {f"{s}+{m}": run(s, m, pool, valid, base, list(labels), args, work, sys.stdout)
+                for s in args.strategies for m in args.modes}
+    if args.plot:
+        plot(runs, args.plot)
+
+    def at(rounds: list[dict], n: int) -> dict | None:
+        return next((r for r in rounds if r["annotations"] >= n), None)
+
+    print_result({"bench": "annotation_loop", "seed": args.seed, "quick": args.quick, "start": args.start,
+                  "step": args.step, "until": args.until, "plot": str(args.plot) if args.plot else None,
+                  "final": {name: rounds[-1] for name, rounds in runs.items()},
+                  "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},
+                  "at_1000_kept_exactly": {name: (at(rounds, 1000) or {}).get("kept_exactly")
+                                           for name, rounds in runs.items()}})
+
+
+if __name__ == "__main__":
+    main()
