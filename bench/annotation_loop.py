@@ -4,8 +4,8 @@ answers), scored on restaurantvalid.bio.
 Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
 pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves, its least certain
 word), the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
-``train_model``, the service's training function: ``warm`` (from the serving model, WARM_START_EPOCHS epochs, as
-the service's warm start) or ``scratch`` (from the base model). Per round: annotations so far, validation F1, the
+``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
+schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model). Per round: annotations so far, validation F1, the
 share of the picked batch's gold entities the shown suggestions already had exactly (work saved), the share of
 suggested entities the annotator kept exactly, training seconds. One JSON line per round, a PNG of F1 against
 annotations for the runs side by side (``--plot``), and a summary JSON object last.
@@ -19,7 +19,6 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +27,7 @@ from common import BIO_LABELS, TRAIN_FILE, VALID_FILE, print_result, read_exampl
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
+from backend.serving.training_run import warm_recipe  # noqa: E402
 
 CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s)
 
@@ -60,6 +60,7 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
     from backend.model.train import evaluate_model, train_model
 
     rng = random.Random(args.seed)
+    warm_settings = Settings(warm_start_epochs=args.warm_epochs)
     config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
     taken: list[int] = rng.sample(range(len(pool)), args.start)
     predictor, model_dir, rounds = None, None, []
@@ -69,8 +70,7 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
         if predictor is not None:  # what the serving model suggested for the sentences the annotator now does
             shown = predictor.predict_tags([pool[i].tokens for i in picked])
             saved, kept = shown_and_kept([pool[i].tags for i in picked], shown)
-        recipe = config if mode == "scratch" or model_dir is None else replace(
-            config, base_model=str(model_dir), epochs=args.warm_epochs)
+        recipe = config if mode == "scratch" or model_dir is None else warm_recipe(warm_settings, config, model_dir)
         started = time.perf_counter()
         model_dir = train_model([pool[i] for i in taken], labels, recipe, work / f"{strategy}-{mode}-{len(taken)}")\
             .model_dir

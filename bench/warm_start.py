@@ -1,5 +1,5 @@
 """Warm start benchmark: a project with a serving version trained on N sentences gets K more annotations; its
-retrain continues from the serving version (the service's warm start: WARM_START_EPOCHS epochs from its weights)
+retrain continues from the serving version (the service's warm start, ``training_run.warm_recipe``)
 or starts from the base model (scratch), on the same N + K sentences, in one run, for several seeds. Both through
 ``train_model`` (the function the service trains with), scored on restaurantvalid.bio; wall time of each retrain.
 """
@@ -10,7 +10,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -19,6 +18,7 @@ from load import machine  # noqa: E402
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
+from backend.serving.training_run import warm_recipe  # noqa: E402
 
 
 def main() -> None:
@@ -26,9 +26,6 @@ def main() -> None:
     parser.add_argument("--serving", type=int, default=1000, help="sentences the serving version was trained on")
     parser.add_argument("--new", type=int, default=50, help="annotations added since")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
-    parser.add_argument("--warm-lr", type=float, default=None, help="a warm start's peak learning rate (default: the "
-                                                                    "recipe's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     from backend.model.train import evaluate_model, train_model
@@ -41,8 +38,7 @@ def main() -> None:
             config = TrainingConfig(base_model=stand_in_model(), seed=seed, threads=args.threads)
             serving = train_model(pool[:args.serving], BIO_LABELS, config, Path(tmp) / f"serving-{seed}")
             sides = {}
-            warm = replace(config, base_model=str(serving.model_dir), epochs=args.warm_epochs,
-                           **({"lr": args.warm_lr} if args.warm_lr else {}))
+            warm = warm_recipe(Settings(), config, serving.model_dir)
             for name, recipe in (("scratch", config), ("warm", warm)):
                 started = time.perf_counter()
                 result = train_model(pool, BIO_LABELS, recipe, Path(tmp) / f"{name}-{seed}")
@@ -57,7 +53,8 @@ def main() -> None:
             runs.append({"seed": seed, **sides})
     print_result({
         "bench": "warm_start", "serving_sentences": args.serving, "new_annotations": args.new,
-        "warm_epochs": args.warm_epochs, "warm_lr": args.warm_lr, "runs": runs,
+        "warm_schedule": {k: getattr(Settings(), k) for k in ("warm_start_epochs", "warm_start_min_steps",
+                                                              "warm_start_lr")}, "runs": runs,
         "mean": {"scratch_f1": round(statistics.mean(r["scratch"]["f1"] for r in runs), 4),
                  "warm_f1": round(statistics.mean(r["warm"]["f1"] for r in runs), 4),
                  "f1_gap": round(statistics.mean(r["f1_gap"] for r in runs), 4),

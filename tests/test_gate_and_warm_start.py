@@ -6,7 +6,7 @@ below 0 (PROMOTION_GATE=strict: whenever the F1 is lower). The decision, the car
 and the report page show the interval.
 
 Warm starts: a retrain continues from the serving version when it predicts exactly the project's BIO labels, for
-WARM_START_EPOCHS epochs; from the base model when there is no version, the labels changed, or WARM_START is off.
+WARM_START_EPOCHS epochs at WARM_START_LR; from the base model when there is no version, the labels changed, or WARM_START is off.
 The manifest says which.
 """
 from dataclasses import replace
@@ -146,7 +146,9 @@ def test_a_retrain_continues_from_the_serving_version_when_the_labels_are_the_sa
     training = ScoringTraining()
     store, summary = _run(settings, client, training)
     [recipe] = training.recipes
-    assert recipe.base_model == str(store.version_dir("3", "v1")) and recipe.epochs == settings.warm_start_epochs
+    assert recipe.base_model == str(store.version_dir("3", "v1")) and recipe.epochs is None
+    assert (recipe.default_epochs, recipe.min_steps) == (settings.warm_start_epochs, settings.warm_start_min_steps)
+    assert recipe.lr == settings.warm_start_lr < Settings().training_config().lr  # continuing: a gentler rate
     assert store.manifest("3", "v2").started_from == "v1 (warm start)" == summary["started_from"]
     assert store.manifest("3", "v2").base_model == "base"  # the project's base model stays on record
 
@@ -169,3 +171,15 @@ def test_a_label_config_with_other_labels_starts_from_the_base_model(settings):
     store, _ = _run(settings, client, training)
     assert training.recipes[0].base_model == "base"
     assert store.manifest("3", "v2").started_from == "base model base (v1's labels are not the project's)"
+
+
+def test_a_warm_start_is_one_epoch_at_a_gentler_rate_and_more_epochs_on_small_data(tmp_path):
+    from backend.model.train import planned_epochs
+    from backend.serving.training_run import warm_recipe
+
+    settings = Settings()
+    config = replace(settings.training_config(), epochs=5)  # an explicit TRAIN_EPOCHS is for training from scratch
+    warm = warm_recipe(settings, config, tmp_path / "v1")
+    assert warm.base_model == str(tmp_path / "v1") and warm.lr == 1e-4
+    assert planned_epochs(warm, steps_per_epoch=59) == 1  # 1,050 sentences less the carve, in batches of 16
+    assert planned_epochs(warm, steps_per_epoch=6) == 9  # 100 sentences: at least 50 optimizer steps

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from backend.model.config import (
-    BOOLEAN, DEFAULT_BASE_MODEL, FRACTION, NOT_NEGATIVE, NOT_NEGATIVE_NUMBER, POSITIVE, Check, KnobError,
+    BOOLEAN, DEFAULT_BASE_MODEL, FRACTION, NOT_NEGATIVE, NOT_NEGATIVE_NUMBER, POSITIVE, RATE, Check, KnobError,
     RecipeOverrides, TrainingConfig, from_environment,
 )
 
@@ -121,7 +121,11 @@ class Settings:
     promotion_gate: str = "bootstrap"  # bootstrap: keep the serving version only when the new one is worse beyond
     # noise (90% paired bootstrap interval of the F1 difference below 0); strict: when its F1 is lower at all
     warm_start: bool = True  # continue from the serving version when its labels are the project's
-    warm_start_epochs: int = 2  # epochs of a warm start (bench/README: "Warm starts")
+    # a warm start's schedule (bench/README, "Warm starts"): at least this many epochs, more on small data until
+    # this many optimizer steps, at this peak learning rate (the recipe's own 3e-4 undoes part of what was learned)
+    warm_start_epochs: int = 1
+    warm_start_min_steps: int = 50
+    warm_start_lr: float = 1e-4
     report_to_label_studio: bool = True
     validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
     max_request_bytes: int = 64 * 1024 * 1024
@@ -197,6 +201,8 @@ class Settings:
             promotion_gate=_parse(env, "PROMOTION_GATE", GATE, cls.promotion_gate),
             warm_start=_parse(env, "WARM_START", BOOLEAN, cls.warm_start),
             warm_start_epochs=_parse(env, "WARM_START_EPOCHS", POSITIVE, cls.warm_start_epochs),
+            warm_start_lr=_parse(env, "WARM_START_LR", RATE, cls.warm_start_lr),
+            warm_start_min_steps=_parse(env, "WARM_START_MIN_STEPS", NOT_NEGATIVE, cls.warm_start_min_steps),
             report_to_label_studio=_parse(env, "REPORT_TO_LABEL_STUDIO", BOOLEAN, cls.report_to_label_studio),
             validation_fraction=_parse(env, "VALIDATION_FRACTION", FRACTION, cls.validation_fraction),
             max_request_bytes=_parse(env, "MAX_REQUEST_BYTES", Check(POSITIVE.parse, "a number of bytes >= 1"),

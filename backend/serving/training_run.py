@@ -310,9 +310,9 @@ def _previous_model(settings: Settings, store: ModelStore, project: str, schema:
 
 def _starting_point(settings: Settings, store: ModelStore, project: str, schema: LabelSchema,
                     config: Any) -> tuple[Any, str]:
-    """The recipe of this run and what it starts from: the serving version (a warm start: WARM_START_EPOCHS epochs
-    from its weights, head included) when it predicts exactly the project's BIO labels, else the base model (no
-    version yet, labels changed, or WARM_START off)."""
+    """The recipe of this run and what it starts from: the serving version (a warm start, ``warm_recipe``, from its
+    weights, head included) when it predicts exactly the project's BIO labels, else the base model (no version
+    yet, labels changed, or WARM_START off)."""
     current = store.current(project)
     if not settings.warm_start or current is None:
         return config, f"base model {config.base_model}"
@@ -321,7 +321,14 @@ def _starting_point(settings: Settings, store: ModelStore, project: str, schema:
     tags = [id2label.get(str(i)) for i in range(len(id2label))]
     if tags != list(schema.bio_labels):
         return config, f"base model {config.base_model} ({current}'s labels are not the project's)"
-    return replace(config, base_model=str(folder), epochs=settings.warm_start_epochs), f"{current} (warm start)"
+    return warm_recipe(settings, config, folder), f"{current} (warm start)"
+
+
+def warm_recipe(settings: Settings, config: Any, version_dir: Path) -> Any:
+    """``config`` continuing from ``version_dir``: WARM_START_EPOCHS epochs, more on small data until
+    WARM_START_MIN_STEPS optimizer steps (an epoch of 100 sentences is 6 steps), at WARM_START_LR."""
+    return replace(config, base_model=str(version_dir), epochs=None, default_epochs=settings.warm_start_epochs,
+                   min_steps=settings.warm_start_min_steps, lr=settings.warm_start_lr)
 
 
 def _evaluate_both(project: str, candidate: Path, previous: tuple[str, Path] | None, validation: list[Example],
