@@ -16,8 +16,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from backend.model.metrics import F1Difference, f1_difference, score_tags
-from backend.serving.labelstudio import REPORT_START
+from backend.model.metrics import f1_difference, score_tags
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
 from backend.serving.store import ModelStore

@@ -170,9 +170,9 @@ class JobQueue:
     priority. Children are started with ``spawn`` (a fresh interpreter): forking a threaded server that
     holds a loaded model is unsafe.
 
-    This queue lives in the server process, which is enough for one backend. To train on separate (GPU)
-    machines, put the same ``target`` behind a Redis queue (RQ) with one worker per GPU and a shared
-    ``MODEL_DIR``; serving needs no change, as it follows the store's ``current.json`` pointer.
+    This queue lives in the server process, which is enough for one backend. Several serving processes, or
+    training on separate (GPU) machines, use ``backend.serving.queue.RedisJobQueue`` (TRAINING_QUEUE) instead,
+    with the same interface; serving follows the store's ``current.json`` pointer either way.
     """
 
     def __init__(self, target: JobTarget, status_dir: Path | str, nice: int = 0, start_method: str = "spawn",
