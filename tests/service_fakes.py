@@ -117,7 +117,7 @@ class FakeLabelStudio:
         return self.config
 
     def annotated_tasks(self, project: int) -> list[dict]:
-        return self.tasks
+        return [_as_exported(task) for task in self.tasks]
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         self.instruction = replace_report_block(self.instruction, block_html)
@@ -131,7 +131,12 @@ class FakeLabelStudio:
         return True
 
     def unlabelled_tasks(self, project: int) -> list[dict]:
-        return [dict(task) for task in self.unlabelled]
+        return [_as_exported(task) for task in self.unlabelled]
+
+    def predictions(self, project: int) -> list[dict]:
+        """As Label Studio lists them: each names its task."""
+        return [{**prediction, "task": task["id"]} for task in [*self.tasks, *self.unlabelled]
+                for prediction in task.get("predictions") or [] if isinstance(prediction, dict)]
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         by_id = {task["id"]: task for task in self.unlabelled}
@@ -140,6 +145,11 @@ class FakeLabelStudio:
 
     def set_model_version(self, project: int, version: str) -> None:
         self.model_version = version
+
+
+def _as_exported(task: dict) -> dict:
+    """A task as Label Studio's JSON export gives it: its predictions named by id only."""
+    return {**task, "predictions": [f"{task['id']}.{i}" for i, _ in enumerate(task.get("predictions") or [])]}
 
 
 def annotated_task(task_id: int, text: str, annotation_id: int | None = None) -> dict:

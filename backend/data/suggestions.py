@@ -82,11 +82,20 @@ def shown_prediction(task: dict, annotation: dict) -> dict | None:
     return max(before, key=lambda p: _timestamp(p["created_at"]), default=None)
 
 
-def suggestion_outcomes(tasks: Iterable[dict], schema: LabelSchema) -> SuggestionOutcomes:
-    """Compare, for every annotated task shown a suggestion, what was suggested with what was submitted."""
+def suggestion_outcomes(tasks: Iterable[dict], schema: LabelSchema,
+                        predictions: Iterable[dict] | None = None) -> SuggestionOutcomes:
+    """Compare, for every annotated task shown a suggestion, what was suggested with what was submitted.
+    ``predictions``: the project's predictions, each naming its ``task`` (Label Studio's export names a task's
+    predictions by id only); without them, the predictions inside the tasks."""
     outcomes = SuggestionOutcomes()
+    by_task: dict = {}
+    for prediction in predictions or ():
+        if isinstance(prediction, dict):
+            by_task.setdefault(prediction.get("task"), []).append(prediction)
     for task in tasks:
         annotation = choose_annotation(task) if isinstance(task, dict) else None
+        if annotation and predictions is not None:
+            task = {**task, "predictions": by_task.get(task.get("id"), [])}
         prediction = shown_prediction(task, annotation) if annotation else None
         if prediction is None:
             continue

@@ -56,6 +56,8 @@ class ProjectClient(Protocol):
 
     def unlabelled_tasks(self, project: int) -> list[dict]: ...
 
+    def predictions(self, project: int) -> list[dict]: ...
+
     def import_predictions(self, project: int, predictions: list[dict]) -> None: ...
 
     def set_model_version(self, project: int, version: str) -> None: ...
@@ -164,10 +166,16 @@ class LabelStudioClient:
                    id=project, expert_instruction=text)
 
     def unlabelled_tasks(self, project: int) -> list[dict]:
-        """Every task of ``project`` without any annotation, with its predictions (their ``model_version``), in
-        one request: Label Studio's JSON export of all tasks."""
+        """Every task of ``project`` without any annotation, in one request: Label Studio's JSON export of all
+        tasks (it names a task's predictions by id only: ``predictions`` has them)."""
         tasks = self._call(f"exporting the tasks of project {project}", self._exported_tasks, project, all_tasks=True)
         return [task for task in (_as_dict(task) for task in tasks) if not task.get("annotations")]
+
+    def predictions(self, project: int) -> list[dict]:
+        """Every prediction of ``project`` (its ``task``, ``model_version``, ``result``, ``created_at``), in one
+        request."""
+        found = self._call(f"reading the predictions of project {project}", self._ls.predictions.list, project=project)
+        return [_as_dict(prediction) for prediction in found]
 
     def _exported_tasks(self, project: int, all_tasks: bool) -> list[dict]:
         """Label Studio's JSON export of ``project`` in one request: every task, or the annotated ones only."""

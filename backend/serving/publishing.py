@@ -37,7 +37,8 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     progress("publishing", step=0, total_steps=0, message="publishing: reading the unlabelled tasks")
     schema = parse_label_config(client.label_config(number))
     tasks = client.unlabelled_tasks(number)
-    missing = sorted((task for task in tasks if version not in _versions_of(task)), key=lambda task: task.get("id", 0))
+    has_it = {p.get("task") for p in client.predictions(number) if p.get("model_version") == version}
+    missing = sorted((task for task in tasks if task.get("id") not in has_it), key=lambda task: task.get("id", 0))
     todo = missing[:settings.publish_max_tasks]
     predictor = load(model_dir) if todo else None
     set_threads(THREADS)
@@ -59,8 +60,3 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     store.record_publishing(project, {**outcome, "state": "published", "finished_at": utc_now()})
     log.info("project %s: published %s for %d task(s)", project, version, len(todo))
     return outcome
-
-
-def _versions_of(task: dict) -> set[str]:
-    return {p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)}
-

@@ -168,7 +168,7 @@ def train_project(
             fingerprint=fingerprint,
             f1_difference=f1_difference(scores, previous_scores) if scores and previous_scores else None,
             started_from=started_from,
-            suggestions=suggestion_outcomes(tasks, schema).to_dict(),
+            suggestions=_suggestions(project, client, tasks, schema),
         )
         current = store.current(project)
         manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
@@ -306,6 +306,16 @@ def _previous_model(settings: Settings, store: ModelStore, project: str, schema:
     if settings.start_model is not None and fits(model_labels(settings.start_model), schema):
         return start_version(settings.start_model), settings.start_model
     return None
+
+
+def _suggestions(project: str, client: ProjectClient, tasks: list[dict], schema: LabelSchema) -> dict[str, Any]:
+    """What annotators kept of the suggestions (``data.suggestions``); an error reading the predictions is logged
+    and leaves it empty: it must not cost the version."""
+    try:
+        return suggestion_outcomes(tasks, schema, client.predictions(int(project))).to_dict()
+    except Exception as error:  # noqa: BLE001
+        log.warning("project %s: could not compare the suggestions with the annotations: %s", project, error)
+        return {}
 
 
 def _starting_point(settings: Settings, store: ModelStore, project: str, schema: LabelSchema,

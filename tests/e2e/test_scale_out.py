@@ -3,10 +3,12 @@ training worker (``python -m backend worker``).
 
 Start Training reaches one replica; the worker trains; the promotion reaches both replicas without a restart and
 each answers with the new version. A worker killed with -9 mid-training is reported in /status and in Label Studio
-(the model card's title), the serving version is unchanged, and with a new worker the next Start Training works.
+(the model card's title), the serving version is unchanged, and with a new worker the next Start Training works,
+warm-started from v1 and counting what the annotators kept of v1's published suggestions.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -125,4 +127,8 @@ def test_a_promotion_by_a_worker_reaches_both_replicas_and_a_killed_worker_is_re
     after = status(one)
     assert after.last_error is None, after.last_error
     assert after.raw["last_result"]["version"] == "v2"
+    # the two tasks annotated in step 2 had been shown v1's published suggestions: v2's run counted what was kept
+    manifest = json.loads((one.model_dir / str(project) / "v2" / "manifest.json").read_text())
+    assert manifest["suggestions"]["tasks"] == {"v1": 2}, manifest["suggestions"]
+    assert manifest["started_from"] == "v1 (warm start)"
     print(f"abandoned run noticed {noticed_s:.1f} s after the kill")
