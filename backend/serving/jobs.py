@@ -266,6 +266,10 @@ class JobQueue:
             status.progress.stage = "failed"
         return status
 
+    def problems(self) -> list[str]:
+        """What keeps trainings from running (the Redis queue's interface): nothing a child process can't start."""
+        return []
+
     def wait_idle(self, project: str, timeout: float | None = None) -> bool:
         """Block until ``project`` has no running or scheduled run (for tests and shutdown); False on timeout."""
         with self._lock:
@@ -426,11 +430,15 @@ class _NoLock:
 
 
 def _recorded_progress(data: Any) -> JobProgress | None:
-    """The ``progress`` of a status file's content, if it has one (unknown keys are ignored)."""
-    progress = data.get("progress") if isinstance(data, dict) else None
-    if not isinstance(progress, dict):
+    """The ``progress`` of a status file's content, if it has one."""
+    return progress_from(data.get("progress") if isinstance(data, dict) else None)
+
+
+def progress_from(data: Any) -> JobProgress | None:
+    """A ``JobProgress`` from its JSON object (unknown keys are ignored); None when it is not one."""
+    if not isinstance(data, dict):
         return None
-    return JobProgress(**{k: v for k, v in progress.items() if k in JobProgress.__dataclass_fields__})
+    return JobProgress(**{k: v for k, v in data.items() if k in JobProgress.__dataclass_fields__})
 
 
 def _exit_message(exitcode: int | None, closing: bool, status_dir: Path) -> str:

@@ -37,12 +37,6 @@ def load_predictor(model_dir: Path) -> Any:
     return Predictor.load(model_dir)
 
 
-def _choose_threads(subwords: int) -> None:
-    from backend.model.device import threads_for_pass
-
-    threads_for_pass(subwords)
-
-
 @dataclass(frozen=True)
 class BatchLimits:
     """How concurrent predictions are gathered into shared passes (see ``backend.serving.batching``)."""
@@ -67,9 +61,11 @@ class LoadedModel:
     batcher: Batcher = field(init=False)
 
     def __post_init__(self) -> None:
+        from backend.model.device import threads_for_pass  # torch is loaded with the model by now
+
         self.batcher = Batcher(self.predictor.predict, lambda texts: _subwords(self.predictor, texts),
                                self.limits.max_wait_ms, self.limits.max_subwords, name=f"predict-{self.version}",
-                               prepare=_choose_threads)
+                               prepare=threads_for_pass)
 
     def predict(self, texts: list[str]) -> list:
         return self.batcher.submit(texts)

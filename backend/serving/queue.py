@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict
 from typing import Any, Callable
 
-from backend.serving.jobs import JobProgress, JobStatus, ProgressTracker, queued_progress
+from backend.serving.jobs import JobProgress, JobStatus, ProgressTracker, progress_from, queued_progress
 from backend.serving.store import utc_now
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,16 @@ def _transact(redis: Any, key: str, body: Callable[[Any, dict], Any]) -> Any:
         while True:
             try:
                 pipe.watch(key)
-                record = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
+                record = _decoded(pipe.hgetall(key))
                 answer = body(pipe, record)
                 pipe.execute()
                 return answer
             except WatchError:
                 continue
+
+
+def _decoded(record: dict) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in record.items()}
 
 
 def trigger(redis: Any, queue_name: str, project: str, payload: dict, target: str = TRAINING_TARGET) -> str:
@@ -270,14 +274,14 @@ class RedisJobQueue:
         with self._lock:
             kept = project in self._kept
         try:
-            record = {k.decode(): v.decode() for k, v in self.redis.hgetall(project_key(self.queue_name, project)).items()}
+            record = _decoded(self.redis.hgetall(project_key(self.queue_name, project)))
             place = self._place(record)
         except Exception as error:  # noqa: BLE001
             self._set_problem(error)
             return JobStatus(project, pending=kept, last_error=None)
         status = JobStatus(
             project, running="job" in record, pending="pending" in record or kept,
-            progress=_progress(record.get("progress")), runs_started=int(record.get("runs_started", 0)),
+            progress=progress_from(json.loads(record.get("progress") or "null")), runs_started=int(record.get("runs_started", 0)),
             runs_finished=int(record.get("runs_finished", 0)), last_started_at=record.get("last_started_at"),
             last_finished_at=record.get("last_finished_at"), last_error=json.loads(record.get("last_error", "null")),
             last_result=json.loads(record.get("last_result", "null")), queued=place)
@@ -414,9 +418,3 @@ class RedisJobQueue:
                     except Exception as error:  # noqa: BLE001
                         log.warning("could not report the abandoned run of project %s: %s", project, error)
 
-
-def _progress(text: str | None) -> JobProgress | None:
-    data = json.loads(text) if text else None
-    if not isinstance(data, dict):
-        return None
-    return JobProgress(**{k: v for k, v in data.items() if k in JobProgress.__dataclass_fields__})

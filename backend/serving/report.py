@@ -127,12 +127,16 @@ def _difference_of(summary: dict[str, Any]) -> F1Difference | None:
     return F1Difference.from_dict(data) if isinstance(data, dict) else None
 
 
+def _outcome_totals(per_label: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {o: sum(counts.get(o, 0) for counts in per_label.values()) for o in OUTCOMES}
+
+
 def _kept(manifest: Manifest) -> str:
     """One sentence per model version: what annotators did with its suggestions, on the tasks it was shown on."""
     data = manifest.suggestions or {}
     lines = []
     for version, per_label in (data.get("versions") or {}).items():
-        total = {o: sum(counts.get(o, 0) for counts in per_label.values()) for o in OUTCOMES}
+        total = _outcome_totals(per_label)
         suggested = sum(total[o] for o in OUTCOMES if o != "added")
         if not suggested and not total["added"]:
             continue
@@ -151,7 +155,7 @@ def _kept_chart(manifest: Manifest) -> str:
                "added": "#999"}
     parts = ["<h2>What annotators kept of the suggestions</h2><div class='bars'>"]
     for version, per_label in versions.items():
-        total = {o: sum(counts.get(o, 0) for counts in per_label.values()) for o in OUTCOMES}
+        total = _outcome_totals(per_label)
         whole = sum(total.values()) or 1
         segments = "".join(f"<div title='{o}: {total[o]}' style='width:{100 * total[o] / whole:.1f}%;"
                            f"background:{colours[o]};height:100%'></div>" for o in OUTCOMES if total[o])

@@ -71,11 +71,10 @@ def _stop_training(server, worker) -> None:
         service.shutdown()
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
-    """Run the backend until interrupted; ``host``/``port``/``workers`` override HOST/PORT/WORKERS."""
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the backend until interrupted; ``host``/``port`` override HOST/PORT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = replace(settings, host=host or settings.host, port=port or settings.port,
-                       workers=workers or settings.workers)
+    settings = replace(settings, host=host or settings.host, port=port or settings.port)
     logging.getLogger(__name__).info("settings: %r", settings)  # repr hides the API key and password
     _Gunicorn(settings).run()
 
@@ -84,18 +83,12 @@ def serve_command(args) -> int:
     """``python -m backend serve [--host H] [--port P] [--workers N]``: settings from the environment, flags win."""
     from backend.serving.settings import SettingsError
 
+    workers = getattr(args, "workers", None)
+    environ = {**os.environ, **({"WORKERS": str(workers)} if workers is not None else {})}  # checked as WORKERS is
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    workers = getattr(args, "workers", None)
-    if workers is not None and workers < 1:
-        print(f"error: --workers {workers}: give 1 or more serving processes", file=sys.stderr)
-        return 2
-    if workers and workers > 1 and not settings.training_queue:
-        print(f"error: --workers {workers} needs TRAINING_QUEUE (redis://host:port/db): without a queue each serving "
-              "process would run its own trainings on the same MODEL_DIR; see docs/deploy.md", file=sys.stderr)
-        return 2
-    serve(settings, args.host, args.port, workers)
+    serve(settings, args.host, args.port)
     return 0

@@ -309,11 +309,10 @@ class NerService:
     def status(self, project: str | None = None) -> dict[str, Any]:
         """/status: per project, the current version, whether training runs, its progress, the last error."""
         projects = [project_id(project)] if project is not None else self.projects()
-        problems = getattr(self.jobs, "problems", None)
         return {
             "train_every_n": self.settings.train_every_n,
-            "training_queue": {"queue": self.settings.training_queue_name, "problems": problems()}
-            if self.settings.training_queue and problems is not None else None,
+            "training_queue": {"queue": self.settings.training_queue_name, "problems": self.jobs.problems()}
+            if self.settings.training_queue else None,
             "projects": {p: self.project_status(p) for p in projects},
         }
 

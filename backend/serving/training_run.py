@@ -24,7 +24,7 @@ from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStu
 from backend.serving.model_cache import fits, start_version
 from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
 from backend.serving.settings import Settings
-from backend.serving.store import Manifest, ModelStore, model_labels, read_json, utc_now
+from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +327,7 @@ def _starting_point(settings: Settings, store: ModelStore, project: str, schema:
     if not settings.warm_start or current is None:
         return config, f"base model {config.base_model}"
     folder = store.version_dir(project, current)
-    id2label = (read_json(folder / "config.json") or {}).get("id2label") or {}
-    tags = [id2label.get(str(i)) for i in range(len(id2label))]
-    if tags != list(schema.bio_labels):
+    if model_labels(folder) != tuple(schema.labels):  # the same labels in the same order: the same BIO list
         return config, f"base model {config.base_model} ({current}'s labels are not the project's)"
     return warm_recipe(settings, config, folder), f"{current} (warm start)"
 
