@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BIO_LABELS, TRAIN_FILE, VALID_FILE, peak_rss_mb, print_result, read_examples, run_child, stand_in_model,
+    BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, run_child, stand_in_model,
 )
 
 QUICK_TRAIN, QUICK_VALID = 400, 200
@@ -170,19 +169,8 @@ def main() -> None:
         result["ratio"] = {"samples_per_s": round(result["ours"]["samples_per_s"] / result["tutorial"]["samples_per_s"], 2),
                            "f1_gain": round(result["ours"]["f1"] - result["tutorial"]["f1"], 4),
                            "peak_rss": round(result["ours"]["peak_rss_mb"] / result["tutorial"]["peak_rss_mb"], 2)}
-    result["machine"] = {"cpu": _cpu_name(), "threads": args.threads, "n": args.n or "all", "quick": args.quick,
-                         "python": platform.python_version()}
+    result["machine"] = {**machine(), "threads": args.threads, "n": args.n or "all", "quick": args.quick}
     print_result(result)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

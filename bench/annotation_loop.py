@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIO_LABELS, TRAIN_FILE, VALID_FILE, print_result, read_examples, stand_in_model  # noqa: E402
+from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, read_examples,  # noqa: E402
+                    stand_in_model)
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
+from backend.model.predict import TASK_SCORES, task_score  # noqa: E402
 from backend.serving.training_run import warm_recipe  # noqa: E402
 
 CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s)
@@ -43,14 +45,20 @@ def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float
     return (hits / wanted if wanted else None), (hits / suggested if suggested else None)
 
 
+MEASURES = {"doubt": task_score, **TASK_SCORES}  # doubt: the task score the backend serves
+STRATEGIES = ["random", *MEASURES]
+
+
 def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random) -> list[int]:
-    """The indices of the next ``step`` pool sentences to annotate."""
+    """The indices of the next ``step`` pool sentences to annotate: a random sample, or the lowest-scored of
+    ``CANDIDATES`` random ones under the strategy's measure of the serving model's doubt."""
     left = [i for i in range(len(pool)) if i not in taken]
     if strategy == "random" or predictor is None:
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(CANDIDATES, len(left)))
-    scores = predictor.predict([" ".join(pool[i].tokens) for i in candidates])
-    ranked = sorted(zip((p.score for p in scores), candidates))
+    measure = MEASURES[strategy]
+    scores = [measure(confidences) for _, confidences in predictor.predict_words([pool[i].tokens for i in candidates])]
+    ranked = sorted(zip(scores, candidates))
     return [i for _, i in ranked[:step]]
 
 
@@ -83,6 +91,8 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
         rounds.append(row)
         print(json.dumps(row), file=log, flush=True)
         if len(taken) >= args.until:
+            if args.picks:  # the pool indices in the order annotated, to train on the same sentences elsewhere
+                args.picks.with_name(f"{args.picks.stem}-{strategy}-{mode}.json").write_text(json.dumps(taken))
             return rounds
         taken += pick(strategy, predictor, pool, set(taken), min(args.step, args.until - len(taken)), rng)
 
@@ -106,7 +116,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--strategies", nargs="+", default=["random", "doubt"], choices=["random", "doubt"])
+    parser.add_argument("--strategies", nargs="+", default=["random", "doubt"], choices=STRATEGIES)
     parser.add_argument("--modes", nargs="+", default=["warm"], choices=["warm", "scratch"])
     parser.add_argument("--start", type=int, default=50)
     parser.add_argument("--step", type=int, default=50)
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
+    parser.add_argument("--picks", type=Path, help="write each run's annotated pool indices to PICKS-<run>.json")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
     args = parser.parse_args(argv)
     args.recipe = {}
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                   "final": {name: rounds[-1] for name, rounds in runs.items()},
                   "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},
                   "at_1000_kept_exactly": {name: (at(rounds, 1000) or {}).get("kept_exactly")
-                                           for name, rounds in runs.items()}})
+                                           for name, rounds in runs.items()}, "machine": machine()})
 
 
 if __name__ == "__main__":

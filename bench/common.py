@@ -2,8 +2,10 @@
 peak-memory reading, and word-level tags from character spans so every side is scored the same way."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +81,20 @@ def spans_to_word_tags(words: Sequence[Word], spans: Sequence[tuple[int, int, st
 def print_result(result: dict) -> None:
     """The one JSON object a benchmark prints as its last line."""
     print(json.dumps(result, sort_keys=False), flush=True)
+
+
+def machine() -> dict:
+    """The CPU, the flags that choose the precision (backend/model/device.py), the cores and the versions: printed
+    with every figure, since the machine differs from run to run."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    # Every CPU repeats the same lines; the dict keeps the last one's.
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    try:
+        torch = importlib.metadata.version("torch")  # a server started by a bench runs this Python too
+    except importlib.metadata.PackageNotFoundError:
+        torch = None
+    return {"cpu": fields.get("model name") or platform.processor(),
+            **{flag: flag in flags for flag in ("avx2", "avx512_bf16", "amx_bf16")},
+            "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "torch": torch}

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_FILE, print_result, read_examples  # noqa: E402
-from load import machine  # noqa: E402
+from common import TRAIN_FILE, machine, print_result, read_examples  # noqa: E402
 
 from scripts.scenario import create_project, examples_to_tasks, import_tasks, read_label_config, text_tasks  # noqa: E402
 from scripts.stack import LabelStudioServer, free_port  # noqa: E402

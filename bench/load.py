@@ -7,10 +7,8 @@ import argparse
 import base64
 import contextlib
 import http.client
-import importlib.metadata
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -29,7 +27,7 @@ from xml.sax.saxutils import quoteattr
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, TRAIN_FILE, VALID_FILE, print_result, stand_in_model  # noqa: E402
+from common import ROOT, TRAIN_FILE, VALID_FILE, machine, print_result, stand_in_model  # noqa: E402
 
 from backend.data.spans import entity_types  # noqa: E402
 
@@ -409,21 +407,6 @@ def run_load(target: Target, texts: list[str], args: argparse.Namespace, work: P
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    # Every CPU repeats the same lines; the dict keeps the last one's.
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
-    flags = set(fields.get("flags", "").split())
-    try:
-        torch = importlib.metadata.version("torch")  # the server runs this Python, so this is its torch
-    except importlib.metadata.PackageNotFoundError:
-        torch = None
-    return {"cpu": fields.get("model name") or platform.processor(),
-            **{flag: flag in flags for flag in ("avx2", "avx512_bf16", "amx_bf16")},
-            "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "torch": torch}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group(required=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BIO_LABELS, TRAIN_FILE, VALID_FILE, print_result, read_examples, spans_to_word_tags, stand_in_model,
+    BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, read_examples, spans_to_word_tags, stand_in_model,
 )
 
 
@@ -110,7 +110,7 @@ def measure(model_dir: Path, texts_n: int | None, threads: int, precision: str) 
         # The default: the best valid BIO sequence. ours_argmax: each word's top label, the pipeline's own rule.
         "ours": ours("bio"),
         "ours_argmax": ours("argmax"),
-        "texts": len(texts), "threads": threads, "model": str(model_dir),
+        "texts": len(texts), "threads": threads, "model": str(model_dir), "machine": machine(),
     }
 
 

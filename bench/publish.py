@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import VALID_FILE, print_result, read_examples, stand_in_model  # noqa: E402
-from load import (PREDICT, Target, TextCycle, cached_quick_model, label_config, machine, model_labels,  # noqa: E402
+from common import VALID_FILE, machine, print_result, read_examples, stand_in_model  # noqa: E402
+from load import (PREDICT, Target, TextCycle, cached_quick_model, label_config, model_labels,  # noqa: E402
                   predict_outcome, prepare, summary, timed)
 
 from scripts.scenario import (connect_backend, create_project, import_tasks, retrieve_predictions,  # noqa: E402

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_result  # noqa: E402
-from load import machine  # noqa: E402
+from common import machine, print_result  # noqa: E402
 
 from scripts.scenario import (backend_status, connect_backend, create_project, examples_to_tasks,  # noqa: E402
                               import_tasks, read_label_config, start_training)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIO_LABELS, TRAIN_FILE, VALID_FILE, print_result, read_examples, stand_in_model  # noqa: E402
-from load import machine  # noqa: E402
+from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, read_examples,  # noqa: E402
+                    stand_in_model)
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402

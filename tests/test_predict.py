@@ -1,11 +1,15 @@
 """Prediction: with word-by-word decoding the same entities as transformers' pipeline(aggregation_strategy="first");
 with the default BIO decoding the same wherever that is a valid BIO sequence and never a fragment elsewhere; exact
 character offsets on any text, windows for long texts, per-span and per-text scores."""
+import math
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from backend.data.spans import entity_types
-from backend.model.predict import Predictor, TextPrediction
+from backend.model.predict import TASK_SCORES, Predictor, TextPrediction, least_certain_word, whole_labelling
 from backend.data.spans import repair_bio, split_words
 from tests.helpers.synthetic import LABELS, restaurant_examples
 
@@ -73,6 +77,17 @@ def test_scores_are_probabilities_and_the_text_score_is_the_least_certain_word(p
     (tags, confidences), = predictor.predict_words([[w.text for w in split_words(text)]])
     assert prediction.spans and all(0 < s.score <= 1 for s in prediction.spans)
     assert prediction.score == pytest.approx(min(confidences))
+
+
+@given(st.lists(st.floats(0.01, 1.0), max_size=30), st.floats(0.01, 0.99))
+def test_the_doubt_measures_are_probabilities_and_every_uncertain_word_adds_doubt_to_the_whole(confidences, extra):
+    for measure in TASK_SCORES.values():
+        assert 0.0 <= measure(confidences) <= 1.0 and measure([]) == 1.0
+    assert least_certain_word(confidences) == min(confidences, default=1.0)
+    assert whole_labelling(confidences) == pytest.approx(math.prod(confidences))
+    # One more word the model is unsure of: the whole labelling is less likely right; the least word may not move.
+    assert whole_labelling(confidences + [extra]) < whole_labelling(confidences)
+    assert whole_labelling(confidences) <= least_certain_word(confidences) + 1e-12
 
 
 def test_texts_longer_than_the_model_maximum_are_predicted_to_the_end(tiny_trained_model):

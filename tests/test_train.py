@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer
 
-from backend.model.encoding import encode_word_lists, length_grouped_batches, word_windows
+from backend.model.encoding import (Window, encode_word_lists, label_batch, length_grouped_batches, pad_batch,
+                                    word_windows)
 from backend.model.predict import Predictor
 from backend.data.spans import Example, tokens_to_text
 from backend.model.config import TrainingConfig
@@ -220,6 +221,40 @@ def test_length_grouped_batches_cover_every_text_once_within_both_limits(lengths
         assert 1 <= len(batch) <= batch_size
         if max_tokens is not None and len(batch) > 1:  # one text longer than the cap still makes a batch
             assert len(batch) * max(lengths[i] for i in batch) <= max_tokens
+
+
+@st.composite
+def labelled_windows(draw):
+    """Windows as encode_word_lists makes them: [CLS] subwords [SEP], a word's first subword at word_positions
+    (-1 for a word without subwords), and each window's words' label ids."""
+    windows, labels = [], []
+    for sentence in range(draw(st.integers(1, 6))):
+        pieces = draw(st.lists(st.integers(0, 3), max_size=12))  # subwords per word (0: dropped by the tokenizer)
+        positions, at = [], 1
+        for n in pieces:
+            positions.append(at if n else -1)
+            at += n
+        ids = draw(st.lists(st.integers(5, 999), min_size=at + 1, max_size=at + 1))
+        windows.append(Window(sentence, 0, ids, positions))
+        labels.append(draw(st.lists(st.integers(0, 8), min_size=len(pieces), max_size=len(pieces))))
+    return windows, labels
+
+
+@given(labelled_windows())
+def test_a_batch_pads_to_its_longest_window_and_labels_first_subwords_only(batch):
+    windows, labels = batch
+    ids, mask = pad_batch(windows, pad_id=0)
+    targets = label_batch(windows, labels, ids.shape[1])
+    assert ids.shape == mask.shape == targets.shape == (len(windows), max(len(w.input_ids) for w in windows))
+    for row, (window, tags) in enumerate(zip(windows, labels)):
+        n = len(window.input_ids)
+        assert ids[row, :n].tolist() == window.input_ids and set(ids[row, n:].tolist()) <= {0}
+        assert mask[row].tolist() == [1] * n + [0] * (ids.shape[1] - n)
+        expected = [-100] * ids.shape[1]
+        for position, tag in zip(window.word_positions, tags):
+            if position >= 0:
+                expected[position] = tag
+        assert targets[row].tolist() == expected
 
 
 def test_a_warm_start_from_a_saved_version_keeps_what_it_learned_head_included(tiny_trained_model, tmp_path,

@@ -146,19 +146,19 @@ def length_grouped_batches(
 def pad_batch(windows: Sequence[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` of windows padded on the right to the longest of them."""
     width = max(len(w.input_ids) for w in windows)
-    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(windows), width), dtype=torch.long)
-    for row, window in enumerate(windows):
-        ids[row, : len(window.input_ids)] = torch.tensor(window.input_ids, dtype=torch.long)
-        mask[row, : len(window.input_ids)] = 1
-    return ids, mask
+    # Rows built as lists and made a tensor once: a slice assignment per row is a tensor copy each (~30 us).
+    ids = [list(w.input_ids) + [pad_id] * (width - len(w.input_ids)) for w in windows]
+    mask = [[1] * len(w.input_ids) + [0] * (width - len(w.input_ids)) for w in windows]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
 
 def label_batch(windows: Sequence[Window], word_labels: Sequence[Sequence[int]], width: int) -> torch.Tensor:
     """Training targets: each word's label id at its first subword, -100 (ignored by the loss) elsewhere."""
-    labels = torch.full((len(windows), width), -100, dtype=torch.long)
-    for row, (window, tags) in enumerate(zip(windows, word_labels)):
+    rows = []
+    for window, tags in zip(windows, word_labels):
+        row = [-100] * width
         for k, position in enumerate(window.word_positions):
             if position >= 0:
-                labels[row, position] = tags[window.first_word + k]
-    return labels
+                row[position] = tags[window.first_word + k]
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)

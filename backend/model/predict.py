@@ -22,12 +22,32 @@ class TextPrediction:
     """The spans found in one text and the text's score.
 
     Each span's score is the mean over its words of the probability of the word's label. The text's ``score`` is
-    the LOWEST such probability over all its words (1.0 for a text without words): the model's least
-    certain decision, entity or not, so a low score flags a text worth a human look (uncertainty sampling).
+    its ``task_score`` (1.0 for a text without words): a low score flags a text worth a human look (uncertainty
+    sampling).
     """
 
     spans: list[Span]
     score: float
+
+
+def least_certain_word(confidences: Sequence[float]) -> float:
+    """The lowest probability of a word's label: the model's least certain decision, entity or not."""
+    return min(confidences, default=1.0)
+
+
+def whole_labelling(confidences: Sequence[float]) -> float:
+    """The product of the words' label probabilities: how likely the model finds its whole labelling of the text
+    right (least confidence of the sequence, Culotta & McCallum 2005). Every word adds doubt, so of two texts
+    equally hard per word the longer one, with more to teach, scores lower."""
+    return float(torch.tensor(list(confidences), dtype=torch.float64).prod()) if confidences else 1.0
+
+
+TASK_SCORES = {"least-word": least_certain_word, "whole-labelling": whole_labelling}
+
+
+def task_score(confidences: Sequence[float]) -> float:
+    """The score the backend serves for a text (see bench/README.md, the annotation loop, for the choice)."""
+    return least_certain_word(confidences)
 
 
 def _labels_of(config) -> list[str]:
@@ -114,7 +134,7 @@ class Predictor:
         results = []
         for text, words, (tags, confidences) in zip(texts, word_lists, tagged):
             spans = bio_to_spans(text, words, tags, confidences)
-            results.append(TextPrediction(spans, min(confidences, default=1.0)))
+            results.append(TextPrediction(spans, task_score(confidences)))
         return results
 
     def predict_tags(self, token_lists: Sequence[Sequence[str]]) -> list[list[str]]:
