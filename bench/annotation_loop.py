@@ -2,8 +2,9 @@
 answers), scored on restaurantvalid.bio.
 
 Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
-pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves, its least certain
-word), the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
+pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves; or the lowest under
+one of ``backend.model.predict.TASK_SCORES``: ``least-word``, the least certain word, ``whole-labelling``, the
+product of the words' label probabilities), the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
 ``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
 schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model). Per round: annotations so far, validation F1, the
 share of the picked batch's gold entities the shown suggestions already had exactly (work saved), the share of
@@ -68,7 +69,7 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
     from backend.model.train import evaluate_model, train_model
 
     rng = random.Random(args.seed)
-    warm_settings = Settings(warm_start_epochs=args.warm_epochs)
+    warm_settings = Settings(warm_start_epochs=args.warm_epochs, warm_start_min_steps=args.warm_min_steps)
     config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
     taken: list[int] = rng.sample(range(len(pool)), args.start)
     predictor, model_dir, rounds = None, None, []
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
+    parser.add_argument("--warm-min-steps", type=int, default=Settings.warm_start_min_steps)
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
     parser.add_argument("--picks", type=Path, help="write each run's annotated pool indices to PICKS-<run>.json")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")

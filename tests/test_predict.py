@@ -71,12 +71,18 @@ def test_one_prediction_per_text_in_order_and_empty_texts_have_no_spans(predicto
     assert [(s.start, s.end, s.label) for s in alone.spans] == [(s.start, s.end, s.label) for s in results[3].spans]
 
 
-def test_scores_are_probabilities_and_the_text_score_is_the_least_certain_word(predictor):
+def test_scores_are_probabilities_and_the_text_score_is_the_probability_of_its_whole_labelling(predictor):
     text = "show me highly rated korean barbecue places with live music"
     (prediction,) = predictor.predict([text])
     (tags, confidences), = predictor.predict_words([[w.text for w in split_words(text)]])
     assert prediction.spans and all(0 < s.score <= 1 for s in prediction.spans)
-    assert prediction.score == pytest.approx(min(confidences))
+    assert prediction.score == pytest.approx(math.prod(confidences))
+    assert prediction.shown_score == pytest.approx(prediction.score, rel=1e-3) and prediction.shown_score > 0
+
+
+def test_the_shown_score_keeps_tiny_scores_apart():
+    assert TextPrediction([], 0.000012345).shown_score == 0.00001234 and TextPrediction([], 0.7).shown_score == 0.7
+    assert TextPrediction([], 0.000012345).shown_score > TextPrediction([], 0.000012).shown_score
 
 
 @given(st.lists(st.floats(0.01, 1.0), max_size=30), st.floats(0.01, 0.99))

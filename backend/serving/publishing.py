@@ -47,7 +47,7 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
         batch = todo[start:start + BATCH]
         predictions = predictor.predict([task_text(task, schema.data_key) for task in batch])
         waiting += [{"task": task["id"], "result": spans_to_results(prediction.spans, schema),
-                     "score": round(float(prediction.score), 4), "model_version": version}
+                     "score": prediction.shown_score, "model_version": version}
                     for task, prediction in zip(batch, predictions)]
         done = start + len(batch)
         if len(waiting) >= IMPORT_BATCH or done == len(todo):

@@ -192,7 +192,7 @@ class NerService:
         return [
             {
                 "result": spans_to_results(prediction.spans, schema),
-                "score": round(float(prediction.score), 4),
+                "score": prediction.shown_score,
                 "model_version": model.version,
             }
             for prediction in predictions
