@@ -1,6 +1,7 @@
 """bench/annotation_loop.py --quick runs the loop end to end with the tiny model: rounds of picked, "corrected"
 and retrained sentences for each strategy, one JSON line per round, a PNG plot."""
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,30 @@ def test_the_quick_annotation_loop_writes_a_line_per_round_and_a_plot(tmp_path):
         assert mine[0]["work_saved"] is None and all(r["work_saved"] is not None for r in mine[1:])
     assert summary["bench"] == "annotation_loop" and set(summary["final"]) == {"random+warm", "doubt+warm"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Doubts:
+    """A stand-in serving model (unit test only): each pool sentence's word confidences are given."""
+
+    def __init__(self, confidences):
+        self.confidences = confidences
+
+    def predict_words(self, token_lists):
+        return [(["O"] * len(tokens), self.confidences[tokens[0]]) for tokens in token_lists]
+
+
+def test_each_doubt_strategy_picks_the_lowest_scored_sentences_under_its_measure(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import annotation_loop
+    from backend.data.spans import Example, tokens_to_text
+
+    # Sentence 0: one very unsure word; sentence 1: many fairly unsure words; 2: sure; 3: already annotated.
+    confidences = {"s0": [0.99, 0.3], "s1": [0.6] * 8, "s2": [0.99, 0.98], "s3": [0.1]}
+    pool = [Example(*tokens_to_text([name, "x"]), ["O", "O"]) for name in confidences]
+    doubts = _Doubts(confidences)
+    pick = annotation_loop.pick
+    rng = random.Random(0)
+    assert pick("least-word", doubts, pool, {3}, 1, rng) == [0]
+    assert pick("whole-labelling", doubts, pool, {3}, 1, rng) == [1]  # 0.6 ** 8 = 0.017 < 0.3
+    assert pick("doubt", doubts, pool, {3}, 2, rng) == [1, 0]  # the served score: the whole labelling's
+    assert sorted(pick("random", doubts, pool, {3}, 3, rng)) == [0, 1, 2]

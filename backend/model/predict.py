@@ -5,6 +5,7 @@ subword, and the words of a text get the most probable valid BIO sequence (backe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -45,7 +46,7 @@ def whole_labelling(confidences: Sequence[float]) -> float:
     """The product of the words' label probabilities: how likely the model finds its whole labelling of the text
     right (least confidence of the sequence, Culotta & McCallum 2005). Every word adds doubt, so of two texts
     equally hard per word the longer one, with more to teach, scores lower."""
-    return float(torch.tensor(list(confidences), dtype=torch.float64).prod()) if confidences else 1.0
+    return math.prod(confidences)
 
 
 TASK_SCORES = {"least-word": least_certain_word, "whole-labelling": whole_labelling}
