@@ -4,13 +4,13 @@ answers), scored on restaurantvalid.bio.
 Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
 pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves; or the lowest under
 one of ``backend.model.predict.TASK_SCORES``: ``least-word``, the least certain word, ``whole-labelling``, the
-product of the words' label probabilities), the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
-``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
-schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model). Per round: annotations so far, validation F1, the
-share of the picked batch's gold entities the shown suggestions already had exactly (work saved), the share of
-suggested entities the annotator kept exactly, training seconds. One JSON line per round, a PNG of F1 against
-annotations for the runs side by side (``--plot``), and a summary JSON object last.
-``--quick``: the tiny model of the tests on synthetic sentences, a few rounds (for CI).
+product of the words' label probabilities), the annotator corrects the suggestions (its answers are the gold
+tags), and the model retrains through ``train_model``, the service's training function: ``warm`` (from the serving
+model with the service's warm-start schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model).
+Per round: annotations so far, validation F1, the share of the picked batch's gold entities the shown suggestions
+already had exactly (work saved), the share of suggested entities the annotator kept exactly, training seconds.
+One JSON line per round, a PNG of F1 against annotations for the runs side by side (``--plot``), and a summary
+JSON object last. ``--quick``: the tiny model of the tests on synthetic sentences, a few rounds (for CI).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, r
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
-from backend.serving.settings import Settings  # noqa: E402
 from backend.model.predict import TASK_SCORES, task_score  # noqa: E402
+from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import warm_recipe  # noqa: E402
 
 CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s)
