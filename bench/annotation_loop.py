@@ -58,7 +58,8 @@ def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: 
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(CANDIDATES, len(left)))
     measure = MEASURES[strategy]
-    scores = [measure(confidences) for _, confidences in predictor.predict_words([pool[i].tokens for i in candidates])]
+    tagged = predictor.predict_words([pool[i].tokens for i in candidates])
+    scores = [measure(confidences) for _, confidences in tagged]
     ranked = sorted(zip(scores, candidates))
     return [i for _, i in ranked[:step]]
 

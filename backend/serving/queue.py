@@ -281,7 +281,8 @@ class RedisJobQueue:
             return JobStatus(project, pending=kept, last_error=None)
         status = JobStatus(
             project, running="job" in record, pending="pending" in record or kept,
-            progress=progress_from(json.loads(record.get("progress") or "null")), runs_started=int(record.get("runs_started", 0)),
+            progress=progress_from(json.loads(record.get("progress") or "null")),
+            runs_started=int(record.get("runs_started", 0)),
             runs_finished=int(record.get("runs_finished", 0)), last_started_at=record.get("last_started_at"),
             last_finished_at=record.get("last_finished_at"), last_error=json.loads(record.get("last_error", "null")),
             last_result=json.loads(record.get("last_result", "null")), queued=place)
