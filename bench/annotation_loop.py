@@ -32,7 +32,8 @@ from backend.model.predict import TASK_SCORES, task_score  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import warm_recipe  # noqa: E402
 
-CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s)
+CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s
+# more and picked no better: bench/README)
 
 
 def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float | None, float | None]:
@@ -50,13 +51,14 @@ MEASURES = {"doubt": task_score, **TASK_SCORES}  # doubt: the task score the bac
 STRATEGIES = ["random", *MEASURES]
 
 
-def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random) -> list[int]:
+def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random,
+         candidates: int = CANDIDATES) -> list[int]:
     """The indices of the next ``step`` pool sentences to annotate: a random sample, or the lowest-scored of
-    ``CANDIDATES`` random ones under the strategy's measure of the serving model's doubt."""
+    ``candidates`` random ones (0: the whole pool) under the strategy's measure of the serving model's doubt."""
     left = [i for i in range(len(pool)) if i not in taken]
     if strategy == "random" or predictor is None:
         return rng.sample(left, min(step, len(left)))
-    candidates = rng.sample(left, min(CANDIDATES, len(left)))
+    candidates = rng.sample(left, min(candidates or len(left), len(left)))
     measure = MEASURES[strategy]
     tagged = predictor.predict_words([pool[i].tokens for i in candidates])
     scores = [measure(confidences) for _, confidences in tagged]
@@ -70,7 +72,8 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
     from backend.model.train import evaluate_model, train_model
 
     rng = random.Random(args.seed)
-    warm_settings = Settings(warm_start_epochs=args.warm_epochs, warm_start_min_steps=args.warm_min_steps)
+    warm_settings = Settings(warm_start_epochs=args.warm_epochs, warm_start_min_steps=args.warm_min_steps,
+                             warm_start_lr=args.warm_lr)
     config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
     taken: list[int] = rng.sample(range(len(pool)), args.start)
     predictor, model_dir, rounds = None, None, []
@@ -96,7 +99,8 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
             if args.picks:  # the pool indices in the order annotated, to train on the same sentences elsewhere
                 args.picks.with_name(f"{args.picks.stem}-{strategy}-{mode}.json").write_text(json.dumps(taken))
             return rounds
-        taken += pick(strategy, predictor, pool, set(taken), min(args.step, args.until - len(taken)), rng)
+        taken += pick(strategy, predictor, pool, set(taken), min(args.step, args.until - len(taken)), rng,
+                      args.candidates)
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> None:
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
     parser.add_argument("--warm-min-steps", type=int, default=Settings.warm_start_min_steps)
+    parser.add_argument("--warm-lr", type=float, default=Settings.warm_start_lr)
+    parser.add_argument("--candidates", type=int, default=CANDIDATES,
+                        help="pool sentences a doubt strategy scores per round, a random sample (0: the whole pool)")
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
     parser.add_argument("--picks", type=Path, help="write each run's annotated pool indices to PICKS-<run>.json")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
@@ -155,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         return next((r for r in rounds if r["annotations"] >= n), None)
 
     print_result({"bench": "annotation_loop", "seed": args.seed, "quick": args.quick, "start": args.start,
-                  "step": args.step, "until": args.until, "plot": str(args.plot) if args.plot else None,
+                  "step": args.step, "until": args.until, "candidates": args.candidates, "warm_lr": args.warm_lr,
+                  "warm_min_steps": args.warm_min_steps, "threads": args.threads,
+                  "plot": str(args.plot) if args.plot else None,
                   "final": {name: rounds[-1] for name, rounds in runs.items()},
                   "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},
                   "at_1000_kept_exactly": {name: (at(rounds, 1000) or {}).get("kept_exactly")

@@ -50,3 +50,18 @@ def test_each_doubt_strategy_picks_the_lowest_scored_sentences_under_its_measure
     assert pick("whole-labelling", doubts, pool, {3}, 1, rng) == [1]  # 0.6 ** 8 = 0.017 < 0.3
     assert pick("doubt", doubts, pool, {3}, 2, rng) == [1, 0]  # the served score: the whole labelling's
     assert sorted(pick("random", doubts, pool, {3}, 3, rng)) == [0, 1, 2]
+
+
+def test_a_doubt_strategy_scores_a_random_sample_of_the_pool_or_all_of_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import annotation_loop
+    from backend.data.spans import Example, tokens_to_text
+
+    confidences = {f"s{i}": [0.5 + i / 100] for i in range(20)}  # s0 is the most doubtful sentence
+    pool = [Example(*tokens_to_text([name]), ["O"]) for name in confidences]
+    doubts = _Doubts(confidences)
+    pick = annotation_loop.pick
+    for seed in range(5):
+        assert pick("doubt", doubts, pool, {5}, 2, random.Random(seed), candidates=0) == [0, 1]  # the whole pool
+    sampled = {tuple(pick("doubt", doubts, pool, {5}, 1, random.Random(seed), candidates=3)) for seed in range(30)}
+    assert len(sampled) > 1 and all(i != 5 for (i,) in sampled)  # one of 3 random candidates, never an annotated one
