@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, r
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
-from backend.model.predict import TASK_SCORES, task_score  # noqa: E402
+from backend.model.predict import TASK_SCORES, task_score, whole_labelling  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import warm_recipe  # noqa: E402
 
@@ -48,7 +49,24 @@ def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float
 
 
 MEASURES = {"doubt": task_score, **TASK_SCORES}  # doubt: the task score the backend serves
-STRATEGIES = ["random", *MEASURES]
+MC_PASSES = 5
+STRATEGIES = ["random", *MEASURES, "mc-dropout"]
+
+
+def dropout_agreement(predictor, token_lists: list[list[str]], passes: int = MC_PASSES) -> list[float]:
+    """Per word list, the share of ``passes`` predictions with dropout on (Monte Carlo dropout) that give the most
+    frequent tag sequence: 1 when every pass agrees (Siddhant & Lipton, EMNLP 2018, BALD for sequences)."""
+    import torch
+
+    dropouts = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Dropout)]
+    for module in dropouts:
+        module.train()
+    try:
+        samples = [predictor.predict_tags(token_lists) for _ in range(passes)]
+    finally:
+        for module in dropouts:
+            module.eval()
+    return [max(Counter(map(tuple, tag_lists)).values()) / passes for tag_lists in zip(*samples)]
 
 
 def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random,
@@ -59,9 +77,11 @@ def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: 
     if strategy == "random" or predictor is None:
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(candidates or len(left), len(left)))
-    measure = MEASURES[strategy]
+    measure = MEASURES.get(strategy, whole_labelling)
     tagged = predictor.predict_words([pool[i].tokens for i in candidates])
     scores = [measure(confidences) for _, confidences in tagged]
+    if strategy == "mc-dropout":  # the passes' agreement first, the whole labelling's probability between ties
+        scores = list(zip(dropout_agreement(predictor, [pool[i].tokens for i in candidates]), scores))
     ranked = sorted(zip(scores, candidates))
     return [i for _, i in ranked[:step]]
 

@@ -65,3 +65,38 @@ def test_a_doubt_strategy_scores_a_random_sample_of_the_pool_or_all_of_it(monkey
         assert pick("doubt", doubts, pool, {5}, 2, random.Random(seed), candidates=0) == [0, 1]  # the whole pool
     sampled = {tuple(pick("doubt", doubts, pool, {5}, 1, random.Random(seed), candidates=3)) for seed in range(30)}
     assert len(sampled) > 1 and all(i != 5 for (i,) in sampled)  # one of 3 random candidates, never an annotated one
+
+
+def test_dropout_agreement_is_the_share_of_dropout_passes_that_agree_and_leaves_the_model_deterministic(
+        monkeypatch, tiny_trained_model):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import annotation_loop
+    import torch
+    from backend.model.predict import Predictor
+    from tests.helpers.synthetic import restaurant_examples
+
+    predictor = Predictor.load(tiny_trained_model.model_dir, device="cpu", precision="fp32", threads=1)
+    for module in predictor.model.modules():  # strong dropout: the passes must disagree somewhere
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    words = [e.tokens for e in restaurant_examples(40, seed=7)]
+    before = predictor.predict_tags(words)
+    agreement = annotation_loop.dropout_agreement(predictor, words, passes=4)
+    assert len(agreement) == len(words) and set(agreement) <= {0.25, 0.5, 0.75, 1.0}
+    assert min(agreement) < 1.0
+    assert not any(module.training for module in predictor.model.modules())
+    assert predictor.predict_tags(words) == before  # dropout is off again: the served tags do not move
+
+
+def test_mc_dropout_picks_the_least_agreed_sentences_and_breaks_ties_by_the_whole_labelling(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import annotation_loop
+    from backend.data.spans import Example, tokens_to_text
+
+    confidences = {"s0": [0.9], "s1": [0.5], "s2": [0.99], "s3": [0.6]}
+    agreement = {"s0": 0.4, "s1": 1.0, "s2": 0.4, "s3": 0.8}  # s1 is the least sure labelling, but every pass agrees
+    pool = [Example(*tokens_to_text([name]), ["O"]) for name in confidences]
+    monkeypatch.setattr(annotation_loop, "dropout_agreement",
+                        lambda predictor, token_lists: [agreement[tokens[0]] for tokens in token_lists])
+    picked = annotation_loop.pick("mc-dropout", _Doubts(confidences), pool, set(), 3, random.Random(0))
+    assert picked == [0, 2, 3]
