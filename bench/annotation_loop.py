@@ -2,11 +2,12 @@
 answers), scored on restaurantvalid.bio.
 
 Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
-pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves; or the lowest under
+pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves; the lowest under
 one of ``backend.model.predict.TASK_SCORES``: ``least-word``, the least certain word, ``whole-labelling``, the
-product of the words' label probabilities), the annotator corrects the suggestions (its answers are the gold
-tags), and the model retrains through ``train_model``, the service's training function: ``warm`` (from the serving
-model with the service's warm-start schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model).
+product of the words' label probabilities; or ``mc-dropout``: the least agreement of 5 passes with dropout on),
+the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
+``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
+schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model).
 Per round: annotations so far, validation F1, the share of the picked batch's gold entities the shown suggestions
 already had exactly (work saved), the share of suggested entities the annotator kept exactly, training seconds.
 One JSON line per round, a PNG of F1 against annotations for the runs side by side (``--plot``), and a summary
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,8 +34,9 @@ from backend.model.predict import TASK_SCORES, task_score, whole_labelling  # no
 from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import warm_recipe  # noqa: E402
 
-CANDIDATES = 2000  # pool sentences a doubt strategy scores per round (a random sample; the whole pool takes ~20 s
-# more and picked no better: bench/README)
+# Pool sentences a doubt strategy scores per round, a random sample: the whole pool (--candidates 0) takes ~20 s more
+# a round and picked no better (bench/README).
+CANDIDATES = 2000
 
 
 def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float | None, float | None]:
@@ -77,11 +79,11 @@ def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: 
     if strategy == "random" or predictor is None:
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(candidates or len(left), len(left)))
-    measure = MEASURES.get(strategy, whole_labelling)
-    tagged = predictor.predict_words([pool[i].tokens for i in candidates])
-    scores = [measure(confidences) for _, confidences in tagged]
+    words = [pool[i].tokens for i in candidates]
+    measure = whole_labelling if strategy == "mc-dropout" else MEASURES[strategy]
+    scores = [measure(confidences) for _, confidences in predictor.predict_words(words)]
     if strategy == "mc-dropout":  # the passes' agreement first, the whole labelling's probability between ties
-        scores = list(zip(dropout_agreement(predictor, [pool[i].tokens for i in candidates]), scores))
+        scores = list(zip(dropout_agreement(predictor, words), scores))
     ranked = sorted(zip(scores, candidates))
     return [i for _, i in ranked[:step]]
 
