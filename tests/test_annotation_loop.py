@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,6 +27,22 @@ def test_the_quick_annotation_loop_writes_a_line_per_round_and_a_plot(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture
+def loop(monkeypatch):
+    """bench/annotation_loop.py as a module."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import annotation_loop
+
+    return annotation_loop
+
+
+def _pool(names, width: int = 1):
+    """One pool sentence per name: the name, then ``width - 1`` filler words, all tagged O."""
+    from backend.data.spans import Example, tokens_to_text
+
+    return [Example(*tokens_to_text([name] + ["x"] * (width - 1)), ["O"] * width) for name in names]
+
+
 class _Doubts:
     """A stand-in serving model (unit test only): each pool sentence's word confidences are given."""
 
@@ -35,16 +53,12 @@ class _Doubts:
         return [(["O"] * len(tokens), self.confidences[tokens[0]]) for tokens in token_lists]
 
 
-def test_each_doubt_strategy_picks_the_lowest_scored_sentences_under_its_measure(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import annotation_loop
-    from backend.data.spans import Example, tokens_to_text
-
+def test_each_doubt_strategy_picks_the_lowest_scored_sentences_under_its_measure(loop):
     # Sentence 0: one very unsure word; sentence 1: many fairly unsure words; 2: sure; 3: already annotated.
     confidences = {"s0": [0.99, 0.3], "s1": [0.6] * 8, "s2": [0.99, 0.98], "s3": [0.1]}
-    pool = [Example(*tokens_to_text([name, "x"]), ["O", "O"]) for name in confidences]
+    pool = _pool(confidences, width=2)
     doubts = _Doubts(confidences)
-    pick = annotation_loop.pick
+    pick = loop.pick
     rng = random.Random(0)
     assert pick("least-word", doubts, pool, {3}, 1, rng) == [0]
     assert pick("whole-labelling", doubts, pool, {3}, 1, rng) == [1]  # 0.6 ** 8 = 0.017 < 0.3
@@ -52,15 +66,11 @@ def test_each_doubt_strategy_picks_the_lowest_scored_sentences_under_its_measure
     assert sorted(pick("random", doubts, pool, {3}, 3, rng)) == [0, 1, 2]
 
 
-def test_a_doubt_strategy_scores_a_random_sample_of_the_pool_or_all_of_it(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import annotation_loop
-    from backend.data.spans import Example, tokens_to_text
-
+def test_a_doubt_strategy_scores_a_random_sample_of_the_pool_or_all_of_it(loop):
     confidences = {f"s{i}": [0.5 + i / 100] for i in range(20)}  # s0 is the most doubtful sentence
-    pool = [Example(*tokens_to_text([name]), ["O"]) for name in confidences]
+    pool = _pool(confidences)
     doubts = _Doubts(confidences)
-    pick = annotation_loop.pick
+    pick = loop.pick
     for seed in range(5):
         assert pick("doubt", doubts, pool, {5}, 2, random.Random(seed), candidates=0) == [0, 1]  # the whole pool
     sampled = {tuple(pick("doubt", doubts, pool, {5}, 1, random.Random(seed), candidates=3)) for seed in range(30)}
@@ -68,9 +78,7 @@ def test_a_doubt_strategy_scores_a_random_sample_of_the_pool_or_all_of_it(monkey
 
 
 def test_dropout_agreement_is_the_share_of_dropout_passes_that_agree_and_leaves_the_model_deterministic(
-        monkeypatch, tiny_trained_model):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import annotation_loop
+        loop, tiny_trained_model):
     import torch
     from backend.model.predict import Predictor
     from tests.helpers.synthetic import restaurant_examples
@@ -81,22 +89,18 @@ def test_dropout_agreement_is_the_share_of_dropout_passes_that_agree_and_leaves_
             module.p = 0.5
     words = [e.tokens for e in restaurant_examples(40, seed=7)]
     before = predictor.predict_tags(words)
-    agreement = annotation_loop.dropout_agreement(predictor, words, passes=4)
+    agreement = loop.dropout_agreement(predictor, words, passes=4)
     assert len(agreement) == len(words) and set(agreement) <= {0.25, 0.5, 0.75, 1.0}
     assert min(agreement) < 1.0
     assert not any(module.training for module in predictor.model.modules())
     assert predictor.predict_tags(words) == before  # dropout is off again: the served tags do not move
 
 
-def test_mc_dropout_picks_the_least_agreed_sentences_and_breaks_ties_by_the_whole_labelling(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import annotation_loop
-    from backend.data.spans import Example, tokens_to_text
-
+def test_mc_dropout_picks_the_least_agreed_sentences_and_breaks_ties_by_the_whole_labelling(loop, monkeypatch):
     confidences = {"s0": [0.9], "s1": [0.5], "s2": [0.99], "s3": [0.6]}
     agreement = {"s0": 0.4, "s1": 1.0, "s2": 0.4, "s3": 0.8}  # s1 is the least sure labelling, but every pass agrees
-    pool = [Example(*tokens_to_text([name]), ["O"]) for name in confidences]
-    monkeypatch.setattr(annotation_loop, "dropout_agreement",
+    pool = _pool(confidences)
+    monkeypatch.setattr(loop, "dropout_agreement",
                         lambda predictor, token_lists: [agreement[tokens[0]] for tokens in token_lists])
-    picked = annotation_loop.pick("mc-dropout", _Doubts(confidences), pool, set(), 3, random.Random(0))
+    picked = loop.pick("mc-dropout", _Doubts(confidences), pool, set(), 3, random.Random(0))
     assert picked == [0, 2, 3]
