@@ -158,9 +158,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="pool sentences a doubt strategy scores per round, a random sample (0: the whole pool)")
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
     parser.add_argument("--picks", type=Path, help="write each run's annotated pool indices to PICKS-<run>.json")
+    parser.add_argument("--recipe-option", action="append", default=[], metavar="KEY=JSON",
+                        help="override a TrainingConfig field of every retrain, e.g. carve_fraction=0.0 (for tuning)")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
     args = parser.parse_args(argv)
-    args.recipe = {}
+    args.recipe = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.recipe_option)}
     with tempfile.TemporaryDirectory(prefix="ner-bench-loop-") as tmp:
         work = Path(tmp)
         if args.quick:
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             base = str(build_tiny_model(work / "tiny", [e.text for e in pool + valid]))
             labels = bio_labels()
             args.start, args.step, args.until = 20, 20, min(args.until, 60)
-            args.recipe = {k: v for k, v in TINY_RECIPE.items() if k != "threads"}
+            args.recipe = {**{k: v for k, v in TINY_RECIPE.items() if k != "threads"}, **args.recipe}
         else:
             pool, valid, base, labels = read_examples(TRAIN_FILE), read_examples(VALID_FILE), stand_in_model(), BIO_LABELS
         runs = {f"{s}+{m}": run(s, m, pool, valid, base, list(labels), args, work, sys.stdout)
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print_result({"bench": "annotation_loop", "seed": args.seed, "quick": args.quick, "start": args.start,
                   "step": args.step, "until": args.until, "candidates": args.candidates, "warm_lr": args.warm_lr,
-                  "warm_min_steps": args.warm_min_steps, "threads": args.threads,
+                  "warm_min_steps": args.warm_min_steps, "threads": args.threads, "recipe": args.recipe,
                   "plot": str(args.plot) if args.plot else None,
                   "final": {name: rounds[-1] for name, rounds in runs.items()},
                   "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},

@@ -180,5 +180,5 @@ def test_a_warm_start_is_one_epoch_at_a_gentler_rate_and_more_epochs_on_small_da
     config = replace(settings.training_config(), epochs=5)  # an explicit TRAIN_EPOCHS is for training from scratch
     warm = warm_recipe(settings, config, tmp_path / "v1")
     assert warm.base_model == str(tmp_path / "v1") and warm.lr == 1e-4
-    assert planned_epochs(warm, steps_per_epoch=59) == 1  # 1,050 sentences less the carve, in batches of 16
+    assert planned_epochs(warm, steps_per_epoch=66) == 1  # 1,050 sentences in batches of 16
     assert planned_epochs(warm, steps_per_epoch=6) == 9  # 100 sentences: at least 50 optimizer steps

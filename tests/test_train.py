@@ -14,7 +14,7 @@ from backend.model.predict import Predictor
 from backend.data.spans import Example, tokens_to_text
 from backend.model.config import TrainingConfig
 from backend.model.train import TrainingProgress, carve_validation, evaluate_model, planned_epochs, train_model
-from tests.conftest import TINY_RECIPE
+from tests.conftest import CARVE, TINY_RECIPE
 from tests.helpers.synthetic import bio_labels, restaurant_examples
 
 
@@ -68,6 +68,14 @@ def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path, 
     assert {p.epoch for p in seen} == {1, 2} and seen[-1].elapsed_s > 0
 
 
+def test_by_default_every_example_is_trained_on_and_the_last_epoch_kept(tiny_base_model, tmp_path):
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 3})
+    result = train_model(restaurant_examples(40, seed=6), bio_labels(), config, tmp_path / "m")
+    assert (result.train_size, result.validation_size) == (40, 0)
+    assert (result.best_epoch, result.epochs_run) == (3, 3)
+    assert result.selection_scores is None and "last epoch is kept" in result.scored_on
+
+
 def test_given_validation_is_used_instead_of_a_carved_one(tiny_base_model, tmp_path):
     config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1})
     result = train_model(restaurant_examples(30, seed=6), bio_labels(), config, tmp_path / "m",
@@ -91,11 +99,11 @@ def test_a_validation_set_without_entities_keeps_the_last_epoch_instead_of_the_f
 
 def test_a_carved_validation_part_without_entities_goes_back_into_training(tiny_base_model, tmp_path):
     examples = restaurant_examples(60, seed=9)
-    train, validation = carve_validation(examples, TrainingConfig().carve_fraction)
+    train, validation = carve_validation(examples, CARVE)
     assert train and validation
     # The carve is keyed by text, so the same texts are carved again, now without an entity among them.
     examples = train + _without_entities(validation)
-    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2})
+    config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 2}, carve_fraction=CARVE)
     result = train_model(examples, bio_labels(), config, tmp_path / "m")
     assert (result.train_size, result.validation_size) == (60, 0)
     assert (result.best_epoch, result.epochs_run) == (2, 2)
@@ -208,7 +216,7 @@ def test_first_subword_of_each_word_carries_the_label(tiny_base_model):
 
 
 def test_saved_weights_are_those_of_the_best_epoch(tiny_trained_model, synthetic_train):
-    _, validation = carve_validation(synthetic_train, TrainingConfig().carve_fraction)
+    _, validation = carve_validation(synthetic_train, CARVE)
     saved = evaluate_model(Predictor.load(tiny_trained_model.model_dir, precision="fp32"), validation).overall.f1
     assert saved == pytest.approx(tiny_trained_model.selection_scores.overall.f1)
 

@@ -105,10 +105,11 @@ class TrainingConfig:
     device: str = knob("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N", DEVICE)
     precision: str = knob("auto", "auto: bf16 autocast on CUDA, bf32 (fp32 with bf16 matrix multiplies) on CPUs "
                                   "with AMX / AVX-512 BF16, else fp32", PRECISION)
-    carve_fraction: float = knob(0.1, "share of the training examples carved off to pick the best epoch, when no "
-                                      "validation set is given (0: keep the last epoch)", FRACTION)
+    carve_fraction: float = knob(0.0, "share of the training examples carved off to pick the best epoch, when no "
+                                      "validation set is given (default 0: train on every example and keep the "
+                                      "last epoch)", FRACTION)
     early_stopping_patience: int = knob(3, "stop after this many epochs without a better F1 (0: never), once past "
-                                           "min_steps", NOT_NEGATIVE)
+                                           "min_steps; only with a validation set (given or carved)", NOT_NEGATIVE)
     threads: int | None = knob(None, "torch intra-op CPU threads (default: PyTorch's, all cores)", POSITIVE)
     weight_decay: float = knob(0.01, "AdamW weight decay (not on biases and normalisation weights)",
                                NOT_NEGATIVE_NUMBER)

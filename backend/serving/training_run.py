@@ -140,8 +140,8 @@ def train_project(
 
         card.training(0, 0)
         recipe, started_from = _starting_point(settings, store, project, schema, config)
-        # Training picks its best epoch on a carve of its own: the project's validation split stays unseen, so
-        # the candidate and the current model are compared on equal terms.
+        # Training never sees the project's validation split (it keeps its last epoch, or picks one on a carve of
+        # its own with TRAIN_CARVE_FRACTION), so the candidate and the current model are compared on equal terms.
         result = train_fn(train_examples, schema.bio_labels, recipe, temporary, progress=on_progress)
         seconds = time.monotonic() - started
         if Path(result.model_dir).resolve() != temporary.resolve():
