@@ -118,7 +118,7 @@ def ours_side(args: argparse.Namespace) -> dict:
     return _result(scores, r.train_time_s, processed, r.train_size, len(valid), {
         "validation_size_carved": r.validation_size, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
         "carved_f1_by_epoch": [round(h["f1"], 4) for h in r.history if "f1" in h],
-        "optimizer_steps": r.optimizer_steps, "batch_size": r.batch_size,
+        "optimizer_steps": r.optimizer_steps, "batch_size": r.batch_size, "frozen_layers": r.frozen_layers,
         "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else r.precision,
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
         "recipe": {k: v for k, v in asdict(r.config).items() if k not in ("base_model", "device", "precision")}})

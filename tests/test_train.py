@@ -125,15 +125,27 @@ def test_small_data_gets_more_epochs_until_the_minimum_number_of_steps():
     assert planned_epochs(TrainingConfig(epochs=2), steps_per_epoch=1) == 2
 
 
+def test_by_default_the_lowest_layer_is_fixed_on_large_data_only():
+    from backend.model.train import default_frozen_layers
+
+    config = TrainingConfig()
+    assert config.frozen_layers is None
+    assert default_frozen_layers(config, config.small_data_size - 1) == 0  # small data trains every layer
+    assert default_frozen_layers(config, config.small_data_size) == 1
+    assert default_frozen_layers(TrainingConfig(frozen_layers=0), 10_000) == 0  # a set value wins, 0 included
+    assert default_frozen_layers(TrainingConfig(frozen_layers=3), 10) == 3
+
+
 def test_frozen_layers_keep_their_base_weights_and_the_others_train(tiny_base_model, tmp_path):
     from safetensors.torch import load_file
 
     base = load_file(tiny_base_model / "model.safetensors")
     examples = restaurant_examples(40, seed=8)
-    assert TrainingConfig().frozen_layers == 0  # the default recipe trains every layer
-    for frozen in (0, 1):
-        config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1, "frozen_layers": frozen})
-        result = train_model(examples, bio_labels(), config, tmp_path / str(frozen))
+    # The default on data as large as small_data_size (lowered here to 40 windows) fixes the lowest layer.
+    for frozen, options in ((0, {"frozen_layers": 0}), (1, {"frozen_layers": 1}), (1, {"small_data_size": 40})):
+        config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1, **options})
+        result = train_model(examples, bio_labels(), config, tmp_path / str(len(list(tmp_path.iterdir()))))
+        assert result.frozen_layers == frozen
         trained = {name.removeprefix("bert."): weights  # the base is a plain BertModel, without the prefix
                    for name, weights in load_file(result.model_dir / "model.safetensors").items()}
         layer0 = [name for name in base if ".layer.0." in name]

@@ -60,6 +60,7 @@ class TrainingResult:
     best_epoch: int
     optimizer_steps: int
     batch_size: int
+    frozen_layers: int  # the lowest transformer layers kept fixed (the recipe's, or its default for this data)
     train_time_s: float
     total_time_s: float
     samples_per_s: float | None  # windows per second of training wall time, per-epoch validation included
@@ -113,6 +114,17 @@ def default_batch_size(config: TrainingConfig, n_windows: int) -> int:
     return config.small_data_batch_size if n_windows < config.small_data_size else 32
 
 
+def default_frozen_layers(config: TrainingConfig, n_windows: int) -> int:
+    """``config.frozen_layers`` when set; otherwise the lowest layer fixed from ``small_data_size`` windows on.
+
+    >>> default_frozen_layers(TrainingConfig(), 500), default_frozen_layers(TrainingConfig(), 7000)
+    (0, 1)
+    """
+    if config.frozen_layers is not None:
+        return config.frozen_layers
+    return 0 if n_windows < config.small_data_size else 1
+
+
 def _label_ids(examples: Sequence[Example], bio_labels: Sequence[str]) -> list[list[int]]:
     index = {tag: i for i, tag in enumerate(bio_labels)}
     rows = []
@@ -128,7 +140,7 @@ def _label_ids(examples: Sequence[Example], bio_labels: Sequence[str]) -> list[l
     return rows
 
 
-def _freeze(model, config: TrainingConfig) -> None:
+def _freeze(model, config: TrainingConfig, frozen_layers: int) -> None:
     """Mark the parameters the recipe keeps fixed (the embedding block if asked, the lowest ``frozen_layers``
     transformer layers); they get no gradient, no optimizer state, no update."""
     if config.freeze_embeddings:
@@ -138,11 +150,11 @@ def _freeze(model, config: TrainingConfig) -> None:
         for name, parameter in model.named_parameters():
             if re.search(r"(^|\.)embeddings\.", name):
                 parameter.requires_grad_(False)
-    if config.frozen_layers:
+    if frozen_layers:
         # Layer parameters are named "...layer.<i>...." in BERT, DistilBERT and RoBERTa alike.
         for name, parameter in model.named_parameters():
             match = re.search(r"\blayer\.(\d+)\.", name)
-            if match and int(match.group(1)) < config.frozen_layers:
+            if match and int(match.group(1)) < frozen_layers:
                 parameter.requires_grad_(False)
 
 
@@ -236,11 +248,11 @@ def train_model(
     validation: Sequence[Example] | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
 ) -> TrainingResult:
-    """Fine-tune ``config.base_model`` on ``examples`` and save the best epoch (by validation F1) in ``out_dir``.
+    """Fine-tune ``config.base_model`` on ``examples`` and save the last epoch, or the best one by F1 on
+    ``validation`` (or on the ``config.carve_fraction`` of ``examples`` held out for it), in ``out_dir``.
 
     ``bio_labels`` is the label list (``O`` first, then ``B-x``/``I-x``); every tag of every example must be in
-    it. Without ``validation`` a deterministic part of ``examples`` is held out for choosing the epoch. Only
-    ``out_dir`` is written: model.safetensors, config.json (id2label), tokenizer files and metrics.json.
+    it. Only ``out_dir`` is written: model.safetensors, config.json (id2label), tokenizer files and metrics.json.
     """
     from transformers import AutoTokenizer
 
@@ -253,7 +265,8 @@ def train_model(
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     windows = encode_word_lists(tokenizer, [e.tokens for e in data.train_set], config.max_length)
     window_labels = [train_labels[w.sentence] for w in windows]
-    model = _build_model(config, bio_labels, placement)
+    frozen_layers = default_frozen_layers(config, len(windows))
+    model = _build_model(config, bio_labels, placement, frozen_layers)
     plan = _plan(config, windows)
     fit = _fit(model, tokenizer, windows, window_labels, data.validation, plan, config, placement, progress, started)
     _save(model, tokenizer, config, out_dir)
@@ -269,6 +282,7 @@ def train_model(
         best_epoch=fit.best_epoch,
         optimizer_steps=fit.steps,
         batch_size=plan.batch_size,
+        frozen_layers=frozen_layers,
         train_time_s=round(fit.train_time, 3),
         total_time_s=round(time.perf_counter() - started, 3),
         samples_per_s=round(fit.windows_seen / fit.train_time, 3) if fit.train_time > 0 else None,
@@ -311,7 +325,7 @@ def _choose_data(examples: Sequence[Example], validation: Sequence[Example] | No
     return _Data(train_set, validation, scored_on)
 
 
-def _build_model(config: TrainingConfig, bio_labels: list[str], placement: Placement):
+def _build_model(config: TrainingConfig, bio_labels: list[str], placement: Placement, frozen_layers: int):
     """The base model with a new classifier head over ``bio_labels``, placed, its fixed parts frozen."""
     from transformers import AutoModelForTokenClassification
 
@@ -325,7 +339,7 @@ def _build_model(config: TrainingConfig, bio_labels: list[str], placement: Place
         label2id={tag: i for i, tag in enumerate(bio_labels)},
     )
     model.to(placement.device)
-    _freeze(model, config)
+    _freeze(model, config, frozen_layers)
     _set_dropout(model, config.dropout)
     if placement.device.type == "cpu":
         use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/model/dropout.py)
