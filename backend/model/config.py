@@ -122,7 +122,7 @@ class TrainingConfig:
                                          "(train it for randomly initialised models)", BOOLEAN)
     dropout: float | None = knob(None, "probability of every dropout of the model (default: the model's own)",
                                  FRACTION)
-    # The lowest layer fixed on large data: ~13% more samples/s at full-data F1 within the seeds' spread; on small
+    # The lowest layer fixed on large data: ~10% more samples/s at full-data F1 within the seeds' spread; on small
     # data it costs F1, and 2 of 6 cost it on both (bench/README, tuning log).
     frozen_layers: int | None = knob(None, "keep the lowest N transformer layers fixed: no backward pass through "
                                            "them; faster, usually a little less accurate (default: 1 from "
