@@ -10,7 +10,6 @@ Each side runs in its own child process (clean peak RSS). Last output line: one 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, run_child, stand_in_model,
+    BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, recipe_options, run_child,
+    stand_in_model,
 )
 
 QUICK_TRAIN, QUICK_VALID = 400, 200
@@ -101,10 +101,7 @@ def ours_side(args: argparse.Namespace) -> dict:
         bf32_emulation.install()
     train = read_examples(TRAIN_FILE, args.n)
     valid = read_examples(VALID_FILE, args.valid_n)
-    overrides = {}
-    for item in args.ours_option:
-        key, value = item.split("=", 1)
-        overrides[key] = json.loads(value)
+    overrides = recipe_options(args.ours_option)
     if args.ours_epochs is not None:
         overrides["epochs"] = args.ours_epochs
     config = TrainingConfig(base_model=args.base_model, threads=args.threads, seed=args.seed, **overrides)

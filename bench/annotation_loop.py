@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, read_examples,  # noqa: E402
-                    stand_in_model)
+                    recipe_options, stand_in_model)
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a TrainingConfig field of every retrain, e.g. carve_fraction=0.0 (for tuning)")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
     args = parser.parse_args(argv)
-    args.recipe = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.recipe_option)}
+    args.recipe = recipe_options(args.recipe_option)
     with tempfile.TemporaryDirectory(prefix="ner-bench-loop-") as tmp:
         work = Path(tmp)
         if args.quick:

@@ -78,6 +78,11 @@ def spans_to_word_tags(words: Sequence[Word], spans: Sequence[tuple[int, int, st
     return tags
 
 
+def recipe_options(items: Sequence[str]) -> dict:
+    """``KEY=JSON`` command-line items as TrainingConfig overrides: ``["lr=2e-4"]`` -> ``{"lr": 0.0002}``."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def print_result(result: dict) -> None:
     """The one JSON object a benchmark prints as its last line."""
     print(json.dumps(result, sort_keys=False), flush=True)

@@ -142,9 +142,10 @@ def test_frozen_layers_keep_their_base_weights_and_the_others_train(tiny_base_mo
     base = load_file(tiny_base_model / "model.safetensors")
     examples = restaurant_examples(40, seed=8)
     # The default on data as large as small_data_size (lowered here to 40 windows) fixes the lowest layer.
-    for frozen, options in ((0, {"frozen_layers": 0}), (1, {"frozen_layers": 1}), (1, {"small_data_size": 40})):
+    cases = ((0, {"frozen_layers": 0}), (1, {"frozen_layers": 1}), (1, {"small_data_size": 40}))
+    for case, (frozen, options) in enumerate(cases):
         config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1, **options})
-        result = train_model(examples, bio_labels(), config, tmp_path / str(len(list(tmp_path.iterdir()))))
+        result = train_model(examples, bio_labels(), config, tmp_path / str(case))
         assert result.frozen_layers == frozen
         trained = {name.removeprefix("bert."): weights  # the base is a plain BertModel, without the prefix
                    for name, weights in load_file(result.model_dir / "model.safetensors").items()}
