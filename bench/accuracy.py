@@ -10,6 +10,7 @@ Each side runs in its own child process (clean peak RSS). Last output line: one 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -17,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backend.model.device import ONEDNN_CACHE_VARIABLES  # noqa: E402
 from common import (  # noqa: E402
     BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, recipe_options, run_child,
     stand_in_model,
@@ -118,6 +120,7 @@ def ours_side(args: argparse.Namespace) -> dict:
         "optimizer_steps": r.optimizer_steps, "batch_size": r.batch_size, "frozen_layers": r.frozen_layers,
         "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else r.precision,
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
+        "onednn_cache_capacity": {name: os.environ.get(name) for name in ONEDNN_CACHE_VARIABLES},
         "recipe": {k: v for k, v in asdict(r.config).items() if k not in ("base_model", "device", "precision")}})
 
 

@@ -114,12 +114,25 @@ def measure(model_dir: Path, texts_n: int | None, threads: int, precision: str) 
     }
 
 
-def quick_model(out: Path, n: int, epochs: int, threads: int) -> Path:
+def _train_quick_model(out: Path, n: int, epochs: int, threads: int) -> None:
     from backend.model.config import TrainingConfig
     from backend.model.train import train_model
 
     config = TrainingConfig(base_model=stand_in_model(), epochs=epochs, threads=threads)
-    return train_model(read_examples(TRAIN_FILE, n), BIO_LABELS, config, out).model_dir
+    train_model(read_examples(TRAIN_FILE, n), BIO_LABELS, config, out)
+
+
+def quick_model(out: Path, n: int, epochs: int, threads: int) -> Path:
+    """Train a model in a child process: training bounds its process's oneDNN caches (backend/model/device.py), and
+    the server predicts in a process that never trains, as this one then does."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_train_quick_model, args=(out, n, epochs, threads))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"training the quick model failed with exit code {child.exitcode}")
+    return out
 
 
 def main() -> None:

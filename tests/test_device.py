@@ -85,3 +85,30 @@ def test_a_small_pass_runs_on_one_thread_and_a_large_one_on_all_of_them():
         assert torch.get_num_threads() == device._default_threads()  # what PyTorch had before the first change
     finally:
         torch.set_num_threads(before)
+
+
+
+def test_a_training_process_bounds_the_onednn_caches_unless_the_environment_sets_them(monkeypatch):
+    names = device.ONEDNN_CACHE_VARIABLES
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(names[0], "1024")
+    device.bound_onednn_caches()
+    import os
+
+    assert [os.environ[name] for name in names] == ["1024"] + [str(device.ONEDNN_CACHE_CAPACITY)] * (len(names) - 1)
+
+
+def test_the_server_process_keeps_the_libraries_onednn_caches_for_prediction():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    names = device.ONEDNN_CACHE_VARIABLES
+    code = (f"import os, backend.serving.server, backend.model.predict, backend.model.train; "
+            f"print([os.environ.get(name) for name in {names!r}])")
+    clean = {k: v for k, v in os.environ.items() if k not in names}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1], env=clean)
+    assert done.stdout.strip() == str([None] * len(names))

@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 import torch
 
 from backend.model.config import TrainingConfig
-from backend.model.device import Placement, matmul_precision, set_threads, training_placement
+from backend.model.device import (Placement, bound_onednn_caches, matmul_precision, set_threads,
+                                  training_placement)
 from backend.model.dropout import use_fast_dropout
 from backend.model.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
 from backend.model.metrics import Scores, score_tags
@@ -257,6 +258,7 @@ def train_model(
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
+    bound_onednn_caches()  # a training process's memory (backend/model/device.py)
     set_threads(config.threads)
     bio_labels = list(bio_labels)
     data = _choose_data(examples, validation, config)
