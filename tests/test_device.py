@@ -1,5 +1,7 @@
 """Hardware choices: fp32 is the CPU fallback, bf16 only where the CPU computes it natively, int8 only for CPU
 inference, bf32 (fp32 training with bf16 matrix multiplies) only for CPU training on native bf16."""
+import os
+
 import pytest
 import torch
 
@@ -87,20 +89,16 @@ def test_a_small_pass_runs_on_one_thread_and_a_large_one_on_all_of_them():
         torch.set_num_threads(before)
 
 
-
 def test_a_training_process_bounds_the_onednn_caches_unless_the_environment_sets_them(monkeypatch):
     names = device.ONEDNN_CACHE_VARIABLES
     for name in names:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(names[0], "1024")
     device.bound_onednn_caches()
-    import os
-
     assert [os.environ[name] for name in names] == ["1024"] + [str(device.ONEDNN_CACHE_CAPACITY)] * (len(names) - 1)
 
 
 def test_the_server_process_keeps_the_libraries_onednn_caches_for_prediction():
-    import os
     import subprocess
     import sys
     from pathlib import Path

@@ -56,7 +56,6 @@ def test_same_seed_gives_the_same_model(tiny_base_model, tmp_path):
     assert (first.model_dir / "model.safetensors").read_bytes() == (second.model_dir / "model.safetensors").read_bytes()
 
 
-
 def test_training_bounds_its_process_onednn_caches(tiny_base_model, tmp_path, monkeypatch):
     import os
 
@@ -67,6 +66,7 @@ def test_training_bounds_its_process_onednn_caches(tiny_base_model, tmp_path, mo
     config = TrainingConfig(base_model=str(tiny_base_model), **{**TINY_RECIPE, "epochs": 1})
     train_model(restaurant_examples(20, seed=4), bio_labels(), config, tmp_path / "m")
     assert [os.environ.get(name) for name in ONEDNN_CACHE_VARIABLES] == [str(ONEDNN_CACHE_CAPACITY)] * 2
+
 
 @pytest.mark.parametrize("options", [{}, {"max_batch_tokens": 40}], ids=["plain", "token-capped-batches"])
 def test_progress_reports_every_step_up_to_the_total(tiny_base_model, tmp_path, options):

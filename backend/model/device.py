@@ -25,7 +25,7 @@ PRECISIONS = tuple(dict.fromkeys(TRAINING_PRECISIONS + INFERENCE_PRECISIONS))
 # keeps each compiled primitive in two LRU caches, its own and that of PyTorch's ideep layer, 1024 entries each by
 # default. Every batch shape gets its own primitives (in training: the forward and both backward products), and a
 # training one keeps megabytes of buffers: on an AMX CPU a full-data training run grew to 1364 MB peak RSS, against
-# 818-821 MB with both caches at 16 entries, for ~12-17% fewer samples/s (349 -> 289-308; the tutorial's fp32
+# 818-821 MB with both caches at 16 entries, for 3-17% fewer samples/s (349 -> 289-339; the tutorial's fp32
 # recipe: ~1100 MB, ~93 samples/s); 64 entries gave 900 MB at the speed of 16, 256 gave 1266 MB (bench/README.md).
 # Prediction wants the full caches: with 16, one text's p50 rose from 6.5 to 10.5 ms (a new primitive per length).
 # The server predicts and never trains (training runs in a child process or a queue worker), so only training
