@@ -7,7 +7,8 @@ one of ``backend.model.predict.TASK_SCORES``: ``least-word``, the least certain 
 product of the words' label probabilities; or ``mc-dropout``: the least agreement of 5 passes with dropout on),
 the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
 ``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
-schedule, ``training_run.warm_recipe``) or ``scratch`` (from the base model).
+schedule, ``training_run.warm_recipe``, back to the base model when the service would: ``training_run.rebase_due``)
+or ``scratch`` (from the base model).
 Per round: annotations so far, validation F1, the share of the picked batch's gold entities the shown suggestions
 already had exactly (work saved), the share of suggested entities the annotator kept exactly, training seconds.
 One JSON line per round, a PNG of F1 against annotations for the runs side by side (``--plot``), and a summary
@@ -32,7 +33,7 @@ from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
 from backend.model.predict import TASK_SCORES, task_score, whole_labelling  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
-from backend.serving.training_run import warm_recipe  # noqa: E402
+from backend.serving.training_run import rebase_due, warm_recipe  # noqa: E402
 
 # Pool sentences a doubt strategy scores per round, a random sample: the whole pool (--candidates 0) takes ~20 s more
 # a round and picked no better (bench/README).
@@ -95,17 +96,20 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
 
     rng = random.Random(args.seed)
     warm_settings = Settings(warm_start_epochs=args.warm_epochs, warm_start_min_steps=args.warm_min_steps,
-                             warm_start_lr=args.warm_lr)
+                             warm_start_lr=args.warm_lr, warm_start_rebase_growth=args.rebase_growth)
     config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
     taken: list[int] = rng.sample(range(len(pool)), args.start)
     predictor, model_dir, rounds = None, None, []
+    line_base_size = 0  # the annotations of the last run from the base model (training_run.rebase_due)
     while True:
         picked = taken[-args.step:] if predictor is not None else taken
         saved = kept = None
         if predictor is not None:  # what the serving model suggested for the sentences the annotator now does
             shown = predictor.predict_tags([pool[i].tokens for i in picked])
             saved, kept = shown_and_kept([pool[i].tags for i in picked], shown)
-        recipe = config if mode == "scratch" or model_dir is None else warm_recipe(warm_settings, config, model_dir)
+        warm = mode == "warm" and model_dir is not None and not rebase_due(warm_settings, len(taken), line_base_size)
+        recipe = warm_recipe(warm_settings, config, model_dir) if warm else config
+        line_base_size = line_base_size if warm else len(taken)
         started = time.perf_counter()
         model_dir = train_model([pool[i] for i in taken], labels, recipe, work / f"{strategy}-{mode}-{len(taken)}")\
             .model_dir
@@ -114,7 +118,8 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
         f1 = evaluate_model(predictor, valid).overall.f1
         row = {"strategy": strategy, "mode": mode, "round": len(rounds), "annotations": len(taken),
                "f1": round(f1, 4), "work_saved": None if saved is None else round(saved, 4),
-               "kept_exactly": None if kept is None else round(kept, 4), "train_s": round(train_s, 1)}
+               "kept_exactly": None if kept is None else round(kept, 4), "train_s": round(train_s, 1),
+               "started_from": "warm start" if warm else "base model"}
         rounds.append(row)
         print(json.dumps(row), file=log, flush=True)
         if len(taken) >= args.until:
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-epochs", type=int, default=Settings.warm_start_epochs)
     parser.add_argument("--warm-min-steps", type=int, default=Settings.warm_start_min_steps)
     parser.add_argument("--warm-lr", type=float, default=Settings.warm_start_lr)
+    parser.add_argument("--rebase-growth", type=float, default=Settings.warm_start_rebase_growth,
+                        help="warm: back to the base model when the annotations have grown this many times since the "
+                             "last run from it (0: never)")
     parser.add_argument("--candidates", type=int, default=CANDIDATES,
                         help="pool sentences a doubt strategy scores per round, a random sample (0: the whole pool)")
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print_result({"bench": "annotation_loop", "seed": args.seed, "quick": args.quick, "start": args.start,
                   "step": args.step, "until": args.until, "candidates": args.candidates, "warm_lr": args.warm_lr,
-                  "warm_min_steps": args.warm_min_steps, "threads": args.threads, "recipe": args.recipe,
+                  "warm_min_steps": args.warm_min_steps, "rebase_growth": args.rebase_growth, "threads": args.threads,
+                  "recipe": args.recipe,
                   "plot": str(args.plot) if args.plot else None,
                   "final": {name: rounds[-1] for name, rounds in runs.items()},
                   "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},

@@ -172,6 +172,33 @@ def test_a_label_config_with_other_labels_starts_from_the_base_model(settings):
     assert store.manifest("3", "v2").started_from == "base model base (v1's labels are not the project's)"
 
 
+def test_a_line_of_warm_starts_goes_back_to_the_base_model_once_its_training_set_has_grown_enough(settings):
+    settings = replace(settings, warm_start_rebase_growth=1.5)
+    client = _serving_v1(settings)  # v1: from the base model on about half the 60 tasks (the rest validate)
+    store = ModelStore(settings.model_dir)
+    first = store.manifest("3", "v1").train_size
+    assert store.manifest("3", "v1").line_base_size == first > 0
+
+    client.tasks += [annotated_task(len(client.tasks) + 1 + i, f"cheap pizza extra {i}") for i in range(6)]
+    training = ScoringTraining()
+    store, summary = _run(settings, client, training)
+    assert first < store.manifest("3", "v2").train_size < 1.5 * first
+    assert summary["started_from"] == "v1 (warm start)" and store.manifest("3", "v2").line_base_size == first
+
+    client.tasks += [annotated_task(len(client.tasks) + 1 + i, f"cheap pizza more {i}") for i in range(60)]
+    store, summary = _run(settings, client, training)
+    grown = store.manifest("3", "v3").train_size
+    assert grown >= 1.5 * first and training.recipes[-1].base_model == "base"
+    assert summary["started_from"] == (f"base model base (the training set has grown from {first} to {grown} "
+                                       "examples since v2's line last started from it)")
+    assert store.manifest("3", "v3").line_base_size == grown  # a new line
+
+    never = replace(settings, warm_start_rebase_growth=0)
+    client.tasks += [annotated_task(len(client.tasks) + 1 + i, f"cheap pizza again {i}") for i in range(300)]
+    store, summary = _run(never, client, training)
+    assert store.manifest("3", "v4").train_size >= 2 * grown and summary["started_from"] == "v3 (warm start)"
+
+
 def test_a_warm_start_is_one_epoch_at_a_gentler_rate_and_more_epochs_on_small_data(tmp_path):
     from backend.model.train import planned_epochs
     from backend.serving.training_run import warm_recipe

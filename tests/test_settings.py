@@ -28,7 +28,7 @@ def test_every_variable_is_read(tmp_path):
         "TRAIN_EVERY_N": "0", "PROMOTE_IF_NOT_WORSE": "false", "REPORT_TO_LABEL_STUDIO": "no",
         "VALIDATION_FRACTION": "0.3", "MAX_REQUEST_BYTES": "1000", "TRAIN_NICE": "0",
         "TRAIN_EPOCHS": "4", "TRAIN_LR": "3e-5", "TRAIN_BATCH_SIZE": "8", "TRAIN_SEED": "7", "TRAIN_THREADS": "2",
-        "TRAIN_FROZEN_LAYERS": "0", "TRAIN_PRECISION": "bf32",
+        "TRAIN_FROZEN_LAYERS": "0", "TRAIN_PRECISION": "bf32", "WARM_START_REBASE_GROWTH": "1.5",
     })
     assert settings.label_studio_url == "http://ls:8080"
     assert settings.model_dir == tmp_path and settings.start_model == start
@@ -36,6 +36,7 @@ def test_every_variable_is_read(tmp_path):
     assert settings.auth_enabled and settings.basic_auth_pass == "p"
     assert settings.train_every_n == 0 and not settings.promote_if_not_worse and not settings.report_to_label_studio
     assert settings.validation_fraction == 0.3 and settings.max_request_bytes == 1000
+    assert settings.warm_start_rebase_growth == 1.5
     assert settings.training.overrides() == {"epochs": 4, "lr": 3e-5, "batch_size": 8, "seed": 7, "threads": 2,
                                              "frozen_layers": 0, "precision": "bf32"}
 
@@ -46,6 +47,7 @@ def test_every_variable_is_read(tmp_path):
     ("TRAIN_EPOCHS", "three"), ("THREADS", "0"), ("TRAIN_FROZEN_LAYERS", "-1"),
     ("TRAIN_PRECISION", "int8"), ("TRAIN_CONCURRENCY", "0"), ("TRAINING_QUEUE", "localhost:6379"),
     ("TRAINING_QUEUE", "redis://"), ("TRAINING_QUEUE_NAME", "ner training"), ("WORKERS", "0"),
+    ("WARM_START_REBASE_GROWTH", "1"), ("WARM_START_REBASE_GROWTH", "-2"), ("WARM_START_REBASE_GROWTH", "nan"),
 ])
 def test_an_invalid_value_is_an_error_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):

@@ -67,6 +67,13 @@ def _gate(value: str) -> str:
     return value.lower()
 
 
+def _growth(value: str) -> float:
+    number = float(value)
+    if not (number == 0 or number > 1):  # NaN too
+        raise ValueError(value)
+    return number
+
+
 def _keep(value: str) -> int | None:
     return None if value.lower() == "all" else POSITIVE.parse(value)
 
@@ -75,6 +82,7 @@ PORT = Check(_port, "a port number (1-65535)")
 KEEP = Check(_keep, "a whole number >= 1, or all")
 REDIS_URL = Check(_redis_url, "a Redis address such as redis://127.0.0.1:6379/0 (or rediss://, unix://)")
 GATE = Check(_gate, "bootstrap or strict")
+GROWTH = Check(_growth, "a number > 1, or 0 (never)")
 QUEUE_NAME = Check(_queue_name, "a queue name of ASCII letters, digits, '-', '_' and '.'")
 RESERVED_THREADS = 4  # server threads that waiting predictions leave free by default
 URL = Check(_url, "an http(s):// URL")
@@ -126,6 +134,10 @@ class Settings:
     warm_start_epochs: int = 1
     warm_start_min_steps: int = 50
     warm_start_lr: float = 1e-4
+    # a line of warm starts goes back to the base model once its training set has grown this many times since the
+    # line last trained from it (the longer a warm start continues, the worse it generalises: bench/README, "The
+    # annotation loop"; Ash & Adams, NeurIPS 2020); 0: never
+    warm_start_rebase_growth: float = 2.0
     report_to_label_studio: bool = True
     validation_fraction: float = 0.2  # the project's validation tasks (by task id), on which versions are compared
     max_request_bytes: int = 64 * 1024 * 1024
@@ -203,6 +215,7 @@ class Settings:
             warm_start_epochs=_parse(env, "WARM_START_EPOCHS", POSITIVE, cls.warm_start_epochs),
             warm_start_lr=_parse(env, "WARM_START_LR", RATE, cls.warm_start_lr),
             warm_start_min_steps=_parse(env, "WARM_START_MIN_STEPS", NOT_NEGATIVE, cls.warm_start_min_steps),
+            warm_start_rebase_growth=_parse(env, "WARM_START_REBASE_GROWTH", GROWTH, cls.warm_start_rebase_growth),
             report_to_label_studio=_parse(env, "REPORT_TO_LABEL_STUDIO", BOOLEAN, cls.report_to_label_studio),
             validation_fraction=_parse(env, "VALIDATION_FRACTION", FRACTION, cls.validation_fraction),
             max_request_bytes=_parse(env, "MAX_REQUEST_BYTES", Check(POSITIVE.parse, "a number of bytes >= 1"),

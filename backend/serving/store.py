@@ -142,6 +142,9 @@ class Manifest:
     fingerprint: str = ""  # what it was trained on (training_run.training_fingerprint): the same means nothing new
     f1_difference: F1Difference | None = None  # candidate minus previous F1 with its bootstrap interval
     started_from: str = ""  # "base model <id>", or "<version> (warm start)": what the training continued from
+    # the training-set size of the last run of this version's line that started from the base model (its own when
+    # it did; 0 in manifests older than the field): how much the line has grown since (training_run.rebase_due)
+    line_base_size: int = 0
     suggestions: dict[str, Any] = field(default_factory=dict)  # what annotators kept (data.suggestions.to_dict)
 
     @property

@@ -139,7 +139,8 @@ def train_project(
             card.training(p.step, p.total_steps)
 
         card.training(0, 0)
-        recipe, started_from = _starting_point(settings, store, project, schema, config)
+        recipe, started_from, line_base_size = _starting_point(settings, store, project, schema, config,
+                                                               len(train_examples))
         # Training never sees the project's validation split (it keeps its last epoch, or picks one on a carve of
         # its own with TRAIN_CARVE_FRACTION), so the candidate and the current model are compared on equal terms.
         result = train_fn(train_examples, schema.bio_labels, recipe, temporary, progress=on_progress)
@@ -168,6 +169,7 @@ def train_project(
             fingerprint=fingerprint,
             f1_difference=f1_difference(scores, previous_scores) if scores and previous_scores else None,
             started_from=started_from,
+            line_base_size=line_base_size,
             suggestions=_suggestions(project, client, tasks, schema),
         )
         current = store.current(project)
@@ -318,18 +320,35 @@ def _suggestions(project: str, client: ProjectClient, tasks: list[dict], schema:
         return {}
 
 
-def _starting_point(settings: Settings, store: ModelStore, project: str, schema: LabelSchema,
-                    config: Any) -> tuple[Any, str]:
-    """The recipe of this run and what it starts from: the serving version (a warm start, ``warm_recipe``, from its
-    weights, head included) when it predicts exactly the project's BIO labels, else the base model (no version
-    yet, labels changed, or WARM_START off)."""
+def _starting_point(settings: Settings, store: ModelStore, project: str, schema: LabelSchema, config: Any,
+                    train_size: int) -> tuple[Any, str, int]:
+    """The recipe of this run, what it starts from, and the training-set size of its line's last start from the base
+    model. A warm start (``warm_recipe``) continues from the serving version, head included, when it predicts
+    exactly the project's BIO labels and its line has not grown WARM_START_REBASE_GROWTH times since it last
+    started from the base model (``rebase_due``); otherwise the run starts from the base model (also with no
+    version yet, or WARM_START off)."""
+    base = f"base model {config.base_model}"
     current = store.current(project)
     if not settings.warm_start or current is None:
-        return config, f"base model {config.base_model}"
+        return config, base, train_size
     folder = store.version_dir(project, current)
     if model_labels(folder) != tuple(schema.labels):  # the same labels in the same order: the same BIO list
-        return config, f"base model {config.base_model} ({current}'s labels are not the project's)"
-    return warm_recipe(settings, config, folder), f"{current} (warm start)"
+        return config, f"{base} ({current}'s labels are not the project's)", train_size
+    manifest = store.manifest(project, current)
+    line_base_size = (manifest.line_base_size or manifest.train_size) if manifest else 0
+    if rebase_due(settings, train_size, line_base_size):
+        return config, (f"{base} (the training set has grown from {line_base_size} to {train_size} examples since "
+                        f"{current}'s line last started from it)"), train_size
+    return warm_recipe(settings, config, folder), f"{current} (warm start)", line_base_size
+
+
+def rebase_due(settings: Settings, train_size: int, line_base_size: int) -> bool:
+    """True when a line of warm starts should go back to the base model: its training set is now
+    WARM_START_REBASE_GROWTH times (or more) the size it had when the line last started from the base model.
+    Warm starts generalise worse the longer they continue (bench/README, "The annotation loop"); a geometric
+    schedule keeps the runs from the base model rare: at growth g they cost about g / (g - 1) times the last one."""
+    growth = settings.warm_start_rebase_growth
+    return bool(growth) and line_base_size > 0 and train_size >= growth * line_base_size
 
 
 def warm_recipe(settings: Settings, config: Any, version_dir: Path) -> Any:
