@@ -138,7 +138,11 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, rounds in runs.items():
-        axis.plot([r["annotations"] for r in rounds], [r["f1"] for r in rounds], marker="o", label=name)
+        line, = axis.plot([r["annotations"] for r in rounds], [r["f1"] for r in rounds], marker="o", label=name)
+        based = [r for r in rounds if r.get("started_from") == "base model"]  # rings: the runs from the base model
+        axis.scatter([r["annotations"] for r in based], [r["f1"] for r in based], s=110, facecolors="none",
+                     edgecolors=line.get_color(), linewidths=1.5)
+    axis.plot([], [], "o", markersize=9, markerfacecolor="none", markeredgecolor="grey", label="from the base model")
     axis.set_xlabel("annotated sentences")
     axis.set_ylabel("F1 on restaurantvalid.bio")
     axis.grid(alpha=0.3)

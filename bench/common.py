@@ -101,5 +101,8 @@ def machine() -> dict:
         torch = None
     return {"cpu": fields.get("model name") or platform.processor(),
             **{flag: flag in flags for flag in ("avx2", "avx512_bf16", "amx_bf16")},
+            # set, oneDNN uses no instructions past it: ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 is an AMX CPU run as
+            # one with AVX-512 BF16 only (bench/README)
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": torch}
