@@ -36,7 +36,7 @@ from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import rebase_due, warm_recipe  # noqa: E402
 
 # Pool sentences a doubt strategy scores per round, a random sample: the whole pool (--candidates 0) takes longer a
-# round and picked no better, from 900 annotations on worse (bench/README).
+# round and picked no better, from 850 annotations on worse (bench/README).
 CANDIDATES = 2000
 
 
