@@ -4,11 +4,12 @@ answers), scored on restaurantvalid.bio.
 Start from ``--start`` random sentences. Each round the strategy picks the next ``--step`` sentences from the
 pool with the serving model (``random``; ``doubt``: the lowest task score the backend serves; the lowest under
 one of ``backend.model.predict.TASK_SCORES``: ``least-word``, the least certain word, ``whole-labelling``, the
-product of the words' label probabilities; or ``mc-dropout``: the least agreement of 5 passes with dropout on),
+product of the words' label probabilities; ``mc-dropout``: the least agreement of 5 passes with dropout on; or
+``doubt-sampled``: a sample weighted by doubt, each candidate's chance growing as its surprisal ** ``--beta``),
 the annotator corrects the suggestions (its answers are the gold tags), and the model retrains through
 ``train_model``, the service's training function: ``warm`` (from the serving model with the service's warm-start
 schedule, ``training_run.warm_recipe``, back to the base model when the service would: ``training_run.rebase_due``)
-or ``scratch`` (from the base model).
+or ``scratch`` (from the base model). ``--serve-average K`` serves the mean weights of a warm line's last K versions.
 Per round: annotations so far, validation F1, the share of the picked batch's gold entities the shown suggestions
 already had exactly (work saved), the share of suggested entities the annotator kept exactly, training seconds.
 One JSON line per round, a PNG of F1 against annotations for the runs side by side (``--plot``), and a summary
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
@@ -53,7 +55,7 @@ def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float
 
 MEASURES = {"doubt": task_score, **TASK_SCORES}  # doubt: the task score the backend serves
 MC_PASSES = 5
-STRATEGIES = ["random", *MEASURES, "mc-dropout"]
+STRATEGIES = ["random", *MEASURES, "mc-dropout", "doubt-sampled"]
 
 
 def dropout_agreement(predictor, token_lists: list[list[str]], passes: int = MC_PASSES) -> list[float]:
@@ -73,7 +75,7 @@ def dropout_agreement(predictor, token_lists: list[list[str]], passes: int = MC_
 
 
 def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: random.Random,
-         candidates: int = CANDIDATES) -> list[int]:
+         candidates: int = CANDIDATES, beta: float = 1.0) -> list[int]:
     """The indices of the next ``step`` pool sentences to annotate: a random sample, or the lowest-scored of
     ``candidates`` random ones (0: the whole pool) under the strategy's measure of the serving model's doubt."""
     left = [i for i in range(len(pool)) if i not in taken]
@@ -81,12 +83,41 @@ def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: 
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(candidates or len(left), len(left)))
     words = [pool[i].tokens for i in candidates]
+    if strategy == "doubt-sampled":
+        surprisals = [sum(-math.log(max(c, 1e-12)) for c in confidences)
+                      for _, confidences in predictor.predict_words(words)]
+        return [candidates[k] for k in weighted_sample(surprisals, beta, step, rng)]
     measure = whole_labelling if strategy == "mc-dropout" else MEASURES[strategy]
     scores = [measure(confidences) for _, confidences in predictor.predict_words(words)]
     if strategy == "mc-dropout":  # the passes' agreement first, the whole labelling's probability between ties
         scores = list(zip(dropout_agreement(predictor, words), scores))
     ranked = sorted(zip(scores, candidates))
     return [i for _, i in ranked[:step]]
+
+
+def weighted_sample(weights: list[float], beta: float, k: int, rng: random.Random) -> list[int]:
+    """``k`` indices drawn without replacement, each with a chance proportional to ``weight ** beta`` (Gumbel-top-k;
+    Kirsch et al., "Stochastic Batch Acquisition", TMLR 2023): ``beta`` 0 is a random order, a large ``beta`` the
+    highest weights first."""
+    keys = [beta * math.log(max(w, 1e-12)) - math.log(-math.log(rng.random() or 1e-300)) for w in weights]
+    return sorted(range(len(weights)), key=lambda i: keys[i], reverse=True)[:k]
+
+
+def averaged(dirs: list[Path], out: Path) -> Path:
+    """The version to serve from a line of warm starts' last versions ``dirs``: the last one alone, or a copy of it
+    whose weights are the mean of all of theirs (written to ``out``; --serve-average)."""
+    if len(dirs) == 1:
+        return dirs[0]
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    states = [load_file(str(d / "model.safetensors")) for d in dirs]
+    mean = {k: (sum(s[k].float() for s in states) / len(states)).to(states[-1][k].dtype)
+            if states[-1][k].is_floating_point() else states[-1][k] for k in states[-1]}
+    shutil.copytree(dirs[-1], out)
+    save_file(mean, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
 
 
 def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: list[str], args, work: Path,
@@ -99,7 +130,7 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
                              warm_start_lr=args.warm_lr, warm_start_rebase_growth=args.rebase_growth)
     config = TrainingConfig(base_model=base, seed=args.seed, threads=args.threads, **args.recipe)
     taken: list[int] = rng.sample(range(len(pool)), args.start)
-    predictor, model_dir, rounds = None, None, []
+    predictor, model_dir, rounds, line = None, None, [], []
     line_base_size = 0  # the annotations of the last run from the base model (training_run.rebase_due)
     while True:
         picked = taken[-args.step:] if predictor is not None else taken
@@ -114,7 +145,9 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
         model_dir = train_model([pool[i] for i in taken], labels, recipe, work / f"{strategy}-{mode}-{len(taken)}")\
             .model_dir
         train_s = time.perf_counter() - started
-        predictor = Predictor.load(model_dir, threads=args.threads)
+        line = [*line, model_dir] if warm else [model_dir]
+        served = averaged(line[-args.serve_average:], work / f"avg-{strategy}-{mode}-{len(taken)}")
+        predictor = Predictor.load(served, threads=args.threads)
         f1 = evaluate_model(predictor, valid).overall.f1
         row = {"strategy": strategy, "mode": mode, "round": len(rounds), "annotations": len(taken),
                "f1": round(f1, 4), "work_saved": None if saved is None else round(saved, 4),
@@ -127,7 +160,7 @@ def run(strategy: str, mode: str, pool: list, valid: list, base: str, labels: li
                 args.picks.with_name(f"{args.picks.stem}-{strategy}-{mode}.json").write_text(json.dumps(taken))
             return rounds
         taken += pick(strategy, predictor, pool, set(taken), min(args.step, args.until - len(taken)), rng,
-                      args.candidates)
+                      args.candidates, args.beta)
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> None:
@@ -168,12 +201,19 @@ def main(argv: list[str] | None = None) -> None:
                              "last run from it (0: never)")
     parser.add_argument("--candidates", type=int, default=CANDIDATES,
                         help="pool sentences a doubt strategy scores per round, a random sample (0: the whole pool)")
+    parser.add_argument("--beta", type=float, default=1.0,
+                        help="doubt-sampled: a candidate's chance of a pick grows as its surprisal ** beta")
+    parser.add_argument("--serve-average", type=int, default=1, metavar="K",
+                        help="serve (evaluate, pick with) the mean weights of the warm line's last K versions; the "
+                             "next warm start continues from the last version's own weights")
     parser.add_argument("--plot", type=Path, help="PNG of F1 against annotations")
     parser.add_argument("--picks", type=Path, help="write each run's annotated pool indices to PICKS-<run>.json")
     parser.add_argument("--recipe-option", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainingConfig field of every retrain, e.g. carve_fraction=0.0 (for tuning)")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences, 3 rounds (CI)")
     args = parser.parse_args(argv)
+    if args.serve_average < 1:
+        parser.error(f"--serve-average must be 1 or more (versions to average), not {args.serve_average}")
     args.recipe = recipe_options(args.recipe_option)
     with tempfile.TemporaryDirectory(prefix="ner-bench-loop-") as tmp:
         work = Path(tmp)
@@ -200,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     print_result({"bench": "annotation_loop", "seed": args.seed, "quick": args.quick, "start": args.start,
                   "step": args.step, "until": args.until, "candidates": args.candidates, "warm_lr": args.warm_lr,
                   "warm_min_steps": args.warm_min_steps, "rebase_growth": args.rebase_growth, "threads": args.threads,
-                  "recipe": args.recipe,
+                  "beta": args.beta, "serve_average": args.serve_average, "recipe": args.recipe,
                   "plot": str(args.plot) if args.plot else None,
                   "final": {name: rounds[-1] for name, rounds in runs.items()},
                   "at_500": {name: (at(rounds, 500) or {}).get("f1") for name, rounds in runs.items()},

@@ -4,6 +4,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,43 @@ def test_mc_dropout_picks_the_least_agreed_sentences_and_breaks_ties_by_the_whol
                         lambda predictor, token_lists: [agreement[tokens[0]] for tokens in token_lists])
     picked = loop.pick("mc-dropout", _Doubts(confidences), pool, set(), 3, random.Random(0))
     assert picked == [0, 2, 3]
+
+
+def test_weighted_sample_draws_distinct_indices_by_weight_and_beta_sets_how_strongly(loop):
+    weights = [8.0, 4.0, 2.0, 1.0, 0.5]
+    for seed in range(20):
+        drawn = loop.weighted_sample(weights, 1.0, 3, random.Random(seed))
+        assert len(drawn) == len(set(drawn)) == 3 and set(drawn) <= set(range(5))
+        assert loop.weighted_sample(weights, 50.0, 2, random.Random(seed)) == [0, 1]  # beta large: the heaviest
+    firsts = Counter(loop.weighted_sample(weights, 1.0, 1, random.Random(seed))[0] for seed in range(2000))
+    assert firsts[0] > firsts[1] > firsts[2] > firsts[4]  # chance ~ weight: 8/15.5 = 52% first, 0.5/15.5 = 3%
+    assert 0.45 < firsts[0] / 2000 < 0.59
+    even = Counter(loop.weighted_sample(weights, 0.0, 1, random.Random(seed))[0] for seed in range(2000))
+    assert all(300 < even[i] < 500 for i in range(5))  # beta 0: every index alike
+
+
+def test_doubt_sampled_favours_surprising_sentences_and_never_picks_an_annotated_one(loop):
+    confidences = {"s0": [0.05], "s1": [0.5], "s2": [0.999], "s3": [0.01]}  # s3 is annotated
+    pool = _pool(confidences)
+    picks = Counter(loop.pick("doubt-sampled", _Doubts(confidences), pool, {3}, 1, random.Random(seed),
+                              candidates=0, beta=1.0)[0] for seed in range(500))
+    assert 3 not in picks and picks[0] > picks[1] > picks[2]  # surprisal 3.0 > 0.69 > 0.001
+
+
+def test_serving_the_average_of_a_line_means_its_weights_and_keeps_the_rest_of_the_last_version(loop, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dirs = []
+    for k, value in enumerate((1.0, 2.0, 6.0)):
+        folder = tmp_path / f"v{k}"
+        folder.mkdir()
+        save_file({"w": torch.full((2, 2), value), "steps": torch.tensor([k])}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({"version": k}))
+        dirs.append(folder)
+    assert loop.averaged(dirs[-1:], tmp_path / "one") == dirs[-1]  # a single version serves as it is
+    served = loop.averaged(dirs, tmp_path / "mean")
+    weights = load_file(str(served / "model.safetensors"))
+    assert torch.equal(weights["w"], torch.full((2, 2), 3.0)) and weights["steps"].tolist() == [2]
+    assert json.loads((served / "config.json").read_text()) == {"version": 2}
+    assert load_file(str(dirs[-1] / "model.safetensors"))["w"][0, 0] == 6.0  # the line's own weights stay
