@@ -83,12 +83,12 @@ def pick(strategy: str, predictor, pool: list, taken: set[int], step: int, rng: 
         return rng.sample(left, min(step, len(left)))
     candidates = rng.sample(left, min(candidates or len(left), len(left)))
     words = [pool[i].tokens for i in candidates]
-    if strategy == "doubt-sampled":
-        surprisals = [sum(-math.log(max(c, 1e-12)) for c in confidences)
-                      for _, confidences in predictor.predict_words(words)]
+    per_word = [confidences for _, confidences in predictor.predict_words(words)]
+    if strategy == "doubt-sampled":  # surprisal: -log of the whole labelling's probability, summed (no underflow)
+        surprisals = [sum(-math.log(max(c, 1e-12)) for c in confidences) for confidences in per_word]
         return [candidates[k] for k in weighted_sample(surprisals, beta, step, rng)]
     measure = whole_labelling if strategy == "mc-dropout" else MEASURES[strategy]
-    scores = [measure(confidences) for _, confidences in predictor.predict_words(words)]
+    scores = [measure(confidences) for confidences in per_word]
     if strategy == "mc-dropout":  # the passes' agreement first, the whole labelling's probability between ties
         scores = list(zip(dropout_agreement(predictor, words), scores))
     ranked = sorted(zip(scores, candidates))
