@@ -18,7 +18,8 @@ def _log(payload, project, what):
 
 
 def recorded_run(settings, project, payload, progress):
-    """Report progress; then wait for the payload's ``release`` file, or sleep ``seconds``."""
+    """Report progress; then wait for the payload's ``release`` file, or sleep ``seconds``, and report progress
+    again. Returns the payload's tag, and its action if it has one."""
     _log(payload, project, "start")
     progress("training", step=3, total_steps=10, epoch=1)
     if "seconds" in payload:
@@ -27,8 +28,15 @@ def recorded_run(settings, project, payload, progress):
         deadline = time.monotonic() + WAIT_S
         while not Path(payload["release"]).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+    progress("evaluating")  # a new stage is always recorded: after the wait, maybe while Redis is down
     _log(payload, project, "end")
-    return {"tag": payload.get("tag")}
+    return {"tag": payload.get("tag"), **({"action": payload["action"]} if "action" in payload else {})}
+
+
+def other_run(settings, project, payload, progress):
+    """A run of another target than ``recorded_run``: logs ``other`` instead of ``start`` and ``end``."""
+    _log(payload, project, "other")
+    return {"other": payload.get("tag")}
 
 
 def half_writing_run(settings, project, payload, progress):

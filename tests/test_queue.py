@@ -1,7 +1,8 @@
 """Training on a real Redis queue with real RQ workers (``python -m backend worker``): triggers from several
 replicas coalesce in Redis, /status on any replica shows a worker's progress and result, TRAIN_CONCURRENCY's
 counterpart is the number of workers, and the queue survives its faults: a worker killed with -9 mid-job, Redis
-restarted (idle, and while a job waits), Redis unreachable at a trigger, and a Redis that lost its data.
+restarted (idle, while a job waits, and mid-job), Redis unreachable at a trigger, and a Redis that lost its data. A
+publish-only trigger never replaces a training press that waits, in Redis or kept while Redis is down.
 
 The runs are stand-ins (tests/queue_targets.py) so that each test controls when a run ends; the end-to-end test
 (tests/e2e/test_scale_out.py) trains for real through Label Studio.
@@ -22,6 +23,7 @@ from scripts.stack import RedisServer, StackError, TrainingWorker, redis_server_
 WAIT_S = 90
 RECORDED = "tests.queue_targets.recorded_run"
 HALF_WRITING = "tests.queue_targets.half_writing_run"
+OTHER = "tests.queue_targets.other_run"
 
 
 def _wait_until(condition, timeout=WAIT_S, interval=0.1):
@@ -80,6 +82,11 @@ def stack(tmp_path, redis_server):
 
 def _payload(tmp_path, tag="", **extra):
     return {"log": str(tmp_path / "runs.log"), "release": str(tmp_path / "release"), "tag": tag, **extra}
+
+
+def _publish(tmp_path):
+    """A publish-only trigger's payload (no tag: a run of it, or of a payload merged with it, keeps the other's)."""
+    return {"action": "publish", "log": str(tmp_path / "runs.log"), "seconds": 0}
 
 
 def _log(tmp_path):
@@ -170,6 +177,88 @@ def test_a_job_waiting_when_redis_restarts_runs_after_it_and_triggers_work_again
     assert queue.trigger("7", _payload(tmp_path, "after", seconds=0)) == "queued"
     assert _wait_until(lambda: _starts(tmp_path) == ["7:waited", "7:after"])
     assert queue.wait_idle("7", WAIT_S) and queue.status("7").runs_finished == 2
+
+
+def test_a_run_that_ended_shows_the_stage_done_in_status(tmp_path, stack):
+    queue = stack.queue(watch=False)
+    stack.worker()
+    assert queue.trigger("12", _payload(tmp_path, "once", seconds=0)) == "queued"
+    assert _wait_until(lambda: queue.status("12").runs_finished == 1)
+    status = queue.status("12")
+    assert (status.running, status.last_error, status.progress.stage) == (False, None, "done")
+
+
+def test_a_publish_trigger_never_replaces_the_training_that_waits_in_redis(tmp_path, stack):
+    # the publish trigger comes from a replica whose target differs: the waiting training keeps its own
+    training, publishing = stack.queue(watch=False), stack.queue(target=OTHER, watch=False)
+    stack.worker()
+    assert training.trigger("11", _payload(tmp_path, "first")) == "queued"
+    assert _wait_until(lambda: _starts(tmp_path) == ["11:first"])
+    assert training.trigger("11", _payload(tmp_path, "press", seconds=0)) == "scheduled"
+    assert publishing.trigger("11", _publish(tmp_path)) == "already scheduled"
+    (tmp_path / "release").touch()
+    assert training.wait_idle("11", WAIT_S)
+    assert [what for _, _, what, _ in _log(tmp_path)] == ["start", "end", "start", "end"]  # no run of OTHER
+    assert _starts(tmp_path) == ["11:first", "11:press"]
+    assert training.status("11").last_result == {"tag": "press"}  # a training: its payload has no "action"
+
+
+def test_a_publish_trigger_never_replaces_a_training_press_kept_while_redis_is_down(tmp_path, stack):
+    queue = stack.queue(watch=False)
+    stack.redis.stop()
+    assert queue.trigger("10", _payload(tmp_path, "press", seconds=0)).startswith("not queued yet")
+    assert queue.trigger("10", _publish(tmp_path)).startswith("not queued yet")
+    stack.redis.start()
+    queue.watch_once()
+    stack.worker()
+    assert _wait_until(lambda: _starts(tmp_path)) and _starts(tmp_path) == ["10:press"]
+    assert queue.wait_idle("10", WAIT_S) and queue.status("10").last_result == {"tag": "press"}
+
+
+def test_a_worker_outlives_a_redis_restart_mid_job_and_records_the_runs_outcome(tmp_path, stack):
+    reported = []
+    queue = stack.queue(report_failure=lambda *args: reported.append(args))  # with the replica's watchdog
+    worker = stack.worker()
+    assert queue.trigger("6", _payload(tmp_path, "through")) == "queued"
+    assert _wait_until(lambda: _starts(tmp_path) == ["6:through"])
+    stack.redis.stop()
+    # the worker's heartbeat of the job (every HEARTBEAT_S) meets the outage (before the fix, the worker died)
+    assert _wait_until(lambda: "Redis unreachable during job" in worker.log_path.read_text()
+                       or worker.managed.exited())
+    # the run ends while Redis is down: it reports progress, and its outcome waits for Redis
+    (tmp_path / "release").touch()
+    ended = lambda: [what for _, _, what, _ in _log(tmp_path)] == ["start", "end"]  # noqa: E731
+    assert _wait_until(lambda: ended() or worker.managed.exited())
+    assert not worker.managed.exited(), "the worker died with Redis"
+    stack.redis.start()  # the same port and data (appendonly): Redis restarted
+    assert _wait_until(lambda: queue.status("6").runs_finished == 1 or worker.managed.exited())
+    status = queue.status("6")
+    assert (status.running, status.last_error, status.last_result) == (False, None, {"tag": "through"})
+    assert status.progress.stage == "done" and reported == []
+    assert queue.trigger("6", _payload(tmp_path, "later", seconds=0)) == "queued"
+    assert _wait_until(lambda: _starts(tmp_path) == ["6:through", "6:later"] or worker.managed.exited())
+    assert queue.wait_idle("6", WAIT_S) and queue.status("6").runs_finished == 2
+    assert not worker.managed.exited(), "the worker died after Redis came back"
+
+
+def test_a_worker_whose_work_loop_quits_on_a_redis_outage_works_again_once_redis_answers(tmp_path, stack):
+    # a work horse that dies while Redis is down makes RQ's work loop quit (it asks Redis why the job ended)
+    queue = stack.queue(target=HALF_WRITING)
+    worker = stack.worker()
+    started = tmp_path / "started"
+    assert queue.trigger("13", {"started": str(started), "log": str(tmp_path / "runs.log")}) == "queued"
+    assert _wait_until(lambda: started.exists())
+    stack.redis.stop()
+    os.kill(int(started.read_text().split(" ", 1)[0]), signal.SIGKILL)
+    assert _wait_until(lambda: "the worker stopped working" in worker.log_path.read_text() or worker.managed.exited())
+    stack.redis.start()
+    assert _wait_until(lambda: (queue.status("13").last_error or "").startswith("abandoned"), timeout=60)
+    assert stack.queue(watch=False).trigger("13", _payload(tmp_path, "after", seconds=0)) == "queued"
+    assert _wait_until(lambda: _starts(tmp_path) == ["13:after"] or worker.managed.exited())
+    assert queue.wait_idle("13", WAIT_S) and not worker.managed.exited(), "the worker died with Redis"
+    from rq import Queue, Worker
+
+    assert len(Worker.all(queue=Queue("test-training", connection=queue.redis))) == 1  # the old one unregistered
 
 
 def test_a_trigger_while_redis_is_down_is_kept_named_in_status_and_sent_when_it_answers(tmp_path, stack):

@@ -48,6 +48,30 @@ class ProgressCallback(Protocol):
                  epoch: float | None = None, message: str | None = None) -> None: ...
 
 
+PUBLISH = "publish"  # a payload's action: publish the serving version only, no training
+
+
+def merge_payloads(kept: dict | None, new: dict | None) -> dict:
+    """One payload for two triggers that coalesce into one run: a training press is never replaced by a later
+    publish-only trigger (a training run publishes what is due at its end), and the newest address and token win.
+
+    >>> merge_payloads({"hostname": "a"}, {"hostname": "b", "action": "publish"})
+    {'hostname': 'b'}
+    >>> merge_payloads({"action": "publish"}, {"action": "publish", "access_token": "t"})
+    {'action': 'publish', 'access_token': 't'}
+    >>> merge_payloads({"action": "publish"}, {}), merge_payloads({}, {"action": "publish"})
+    ({}, {})
+    >>> merge_payloads(None, {"action": "publish"})
+    {'action': 'publish'}
+    """
+    training = (kept is not None and kept.get("action") != PUBLISH) or (new or {}).get("action") != PUBLISH
+    kept, new = dict(kept or {}), dict(new or {})
+    merged = {**kept, **{key: value for key, value in new.items() if value is not None}}
+    if training:
+        merged.pop("action", None)
+    return merged
+
+
 # target(project, payload, progress) runs in the child; what it returns (JSON-able) becomes ``last_result``.
 JobTarget = Callable[[str, dict, ProgressCallback], Any]
 
@@ -193,8 +217,8 @@ class JobQueue:
         """Start a run for ``project``, or schedule one more after the current run. Returns immediately.
 
         Returns ``"started"`` (it runs now, or waits for a slot: see ``status``), ``"scheduled"`` (one more run
-        will follow the current one), ``"already scheduled"`` (a run was already waiting; the newest ``payload``
-        replaces its payload), or ``"refused: ..."`` when another process on this MODEL_DIR trains the project.
+        will follow the current one), ``"already scheduled"`` (a run was already waiting; ``merge_payloads`` joins
+        the two: a training press is never replaced by a publish-only trigger), or ``"refused: ..."`` when another process on this MODEL_DIR trains the project.
         """
         project = str(project)
         payload = dict(payload or {})
@@ -206,7 +230,7 @@ class JobQueue:
                 job = self._jobs[project] = _Job(JobStatus(project))
                 job.idle.set()
             if job.status.running:
-                job.pending_payload = payload
+                job.pending_payload = merge_payloads(job.pending_payload if job.status.pending else None, payload)
                 if job.status.pending:
                     return "already scheduled"
                 job.status.pending = True

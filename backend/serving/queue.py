@@ -7,11 +7,16 @@ worker``, ``backend.serving.worker``): it runs ``training_run.run_training_job``
 error into the record, so ``/status`` on any replica shows them; when it ends, the waiting trigger becomes the next
 job in the same transaction.
 
+Triggers that coalesce are joined by ``jobs.merge_payloads``: a publish-only trigger never replaces a training that
+waits, in Redis or kept while Redis is down.
+
 Faults: a trigger that cannot reach Redis is kept and sent again once it answers (``/status`` says why nothing
-runs). A worker that dies mid-job stops its heartbeat; each replica's watchdog runs RQ's clean-up of the started
-jobs every few seconds, which moves such a job to the failed ones within ``HEARTBEAT_S + ABANDON_GRACE_S``; the
-watchdog then records the run failed, reports it into Label Studio, and enqueues the waiting trigger. Redis must
-keep its data over a restart (appendonly); one that lost it is named in ``/status``.
+runs). A Redis restart mid-job costs the run nothing: its progress goes unrecorded while Redis is down, its start
+and outcome are written once Redis answers again (within ``REDIS_PATIENCE_S``), and the worker waits for Redis too
+(``backend.serving.worker``). A worker that dies mid-job stops its heartbeat; each replica's watchdog runs RQ's
+clean-up of the started jobs every few seconds, which moves such a job to the failed ones within ``HEARTBEAT_S +
+ABANDON_GRACE_S``; the watchdog then records the run failed, reports it into Label Studio, and enqueues the waiting
+trigger. Redis must keep its data over a restart (appendonly); one that lost it is named in ``/status``.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import uuid
 from dataclasses import asdict
 from typing import Any, Callable
 
-from backend.serving.jobs import JobProgress, JobStatus, ProgressTracker, progress_from, queued_progress
+from backend.serving.jobs import (PUBLISH, JobProgress, JobStatus, ProgressTracker, merge_payloads, progress_from,
+                                  queued_progress)
 from backend.serving.store import utc_now
 
 log = logging.getLogger(__name__)
@@ -34,11 +40,14 @@ ABANDON_GRACE_S = 10  # a job whose heartbeat is this much overdue is abandoned 
 WATCH_INTERVAL_S = 2.0  # how often a replica sends kept triggers and looks for abandoned jobs
 JOB_TIMEOUT_S = 24 * 3600  # the most one training may take before RQ stops it
 CONNECT_TIMEOUT_S = 0.5  # a webhook must answer at once, even when Redis is down
+REDIS_PATIENCE_S = 300  # how long a run's start and outcome wait for an unreachable Redis (a restart, a failover)
+PROGRESS_RETRY_S = 10  # progress is not written for this long after Redis did not answer (each try takes seconds)
 # RQ job states of a run whose record still names it (a run that ended by itself has cleared that), and what
 # /status says of them
 ENDED = {
-    "failed": "abandoned: the worker stopped during this run (killed, or its machine was lost); the serving version "
-              "is unchanged; start training again",
+    "failed": "abandoned: the worker stopped during this run (killed, or its machine was lost); a version it had "
+              "promoted stays promoted (current_version), and a publishing it left half done resumes by itself; "
+              "start training again for what it did not finish",
     "stopped": "stopped on the worker; start training again",
     "canceled": "canceled on the queue; start training again",
     "lost": "the run's job is gone from Redis; start training again",
@@ -106,10 +115,13 @@ def _decoded(record: dict) -> dict[str, str]:
 
 
 def trigger(redis: Any, queue_name: str, project: str, payload: dict, target: str = TRAINING_TARGET) -> str:
-    """Enqueue a run of ``project``, or keep one more after the queued/running one (coalescing in Redis)."""
+    """Enqueue a run of ``project``, or keep one more after the queued/running one (coalescing in Redis: the
+    waiting trigger and this one join by ``merge_payloads``, so a publish-only trigger never replaces a training
+    press, nor the target that runs it)."""
     key = project_key(queue_name, project)
 
     def body(pipe: Any, record: dict) -> str:
+        kept = json.loads(record["pending"]) if "pending" in record else None
         pipe.multi()
         pipe.sadd(projects_key(queue_name), project)
         if "job" not in record:
@@ -118,8 +130,12 @@ def trigger(redis: Any, queue_name: str, project: str, payload: dict, target: st
                                     "job_target": target})
             _enqueue(redis, pipe, queue_name, project, job_id, payload, target)
             return "queued"
-        pipe.hset(key, mapping={"pending": json.dumps(payload), "pending_target": target})
-        return "already scheduled" if "pending" in record else "scheduled"
+        pending_target = target
+        if kept is not None and kept.get("action") != PUBLISH and payload.get("action") == PUBLISH:
+            pending_target = record.get("pending_target", target)  # the waiting training's
+        pipe.hset(key, mapping={"pending": json.dumps(merge_payloads(kept, payload)),
+                                "pending_target": pending_target})
+        return "already scheduled" if kept is not None else "scheduled"
 
     return _transact(redis, key, body)
 
@@ -152,8 +168,7 @@ def finish(redis: Any, queue_name: str, project: str, job_id: str, error: str | 
             pipe.multi()
             return None
         progress = json.loads(record.get("progress") or "null") or asdict(JobProgress())
-        if error:
-            progress["stage"] = "failed"
+        progress["stage"] = "failed" if error else "done"  # as the local JobQueue says, not the last stage seen
         pipe.multi()
         pipe.hset(key, mapping={"last_finished_at": utc_now(), "last_error": json.dumps(error),
                                 "progress": json.dumps(progress)})
@@ -176,14 +191,52 @@ def finish(redis: Any, queue_name: str, project: str, job_id: str, error: str | 
 
 
 class RedisProgress(ProgressTracker):
-    """Progress of a run on a worker, in the project's record."""
+    """Progress of a run on a worker, in the project's record. Progress is only shown: while Redis does not answer
+    the run goes on without it (and tries again every ``PROGRESS_RETRY_S``, so as not to wait on Redis at each
+    step)."""
 
     def __init__(self, redis: Any, key: str):
         super().__init__()
         self.redis, self.key = redis, key
+        self._retry_at: float | None = None  # set while Redis does not answer
 
     def emit(self, state: str, progress: dict, **extra: Any) -> None:
-        self.redis.hset(self.key, "progress", json.dumps(progress))
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            return
+        try:
+            self.redis.hset(self.key, "progress", json.dumps(progress))
+        except (ConnectionError, TimeoutError) as error:
+            if self._retry_at is None:
+                log.warning("could not record the run's progress (Redis unreachable: %s); the run goes on, and its "
+                            "progress is recorded again once Redis answers", error)
+            self._retry_at = time.monotonic() + PROGRESS_RETRY_S
+            return
+        if self._retry_at is not None:
+            log.info("Redis answers again: the run's progress is recorded again")
+        self._retry_at = None
+
+
+def _patiently(what: str, call: Callable[[], Any], patience_s: float = REDIS_PATIENCE_S) -> Any:
+    """``call()``, tried again with back-off while Redis does not answer, for ``patience_s`` at most: a run's start
+    and outcome must reach the record over a Redis restart. ``begin`` and ``finish`` may be tried again safely:
+    a transaction applied whose answer was lost leaves a record that no longer matches, and the retry does
+    nothing."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (ConnectionError, TimeoutError) as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("could not %s (Redis unreachable: %s); trying again in %.1f s, for %.0f s more at most",
+                        what, error, delay, deadline - time.monotonic())
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 # --- the worker side ----------------------------------------------------------------------------------------
@@ -200,7 +253,7 @@ def run_job(queue_name: str, project: str, job_id: str, payload: dict, target: s
 
     _die_with_the_worker()
     redis = get_current_job().connection
-    if not begin(redis, queue_name, project, job_id):
+    if not _patiently("record the start of the run", lambda: begin(redis, queue_name, project, job_id)):
         return "not run: the project's record names another run (this one was declared abandoned)"
     error, result = None, None
     try:
@@ -213,7 +266,12 @@ def run_job(queue_name: str, project: str, job_id: str, payload: dict, target: s
     except BaseException as failure:  # noqa: BLE001 - every failure must reach the record (and was reported)
         log.exception("training of project %s failed", project)
         error = failure_message(failure)
-    finish(redis, queue_name, project, job_id, error=error, result=result)
+    try:
+        _patiently("record the outcome of the run",
+                   lambda: finish(redis, queue_name, project, job_id, error=error, result=result))
+    except Exception:  # noqa: BLE001 - /status names a run that ended unrecorded (ENDED["finished"])
+        log.exception("the outcome of the run of project %s could not be recorded: /status will say that the run "
+                      "ended without it", project)
     return result if error is None else error
 
 
@@ -261,8 +319,8 @@ class RedisJobQueue:
         try:
             answer = trigger(self.redis, self.queue_name, project, payload, self.target)
         except RedisError as error:
-            with self._lock:
-                self._kept[project] = payload
+            with self._lock:  # joined with the one kept before, as in Redis
+                self._kept[project] = merge_payloads(self._kept.get(project), payload)
             self._set_problem(error)
             return (f"not queued yet: the training queue at {self._where()} is unreachable ({error}); the trigger "
                     "is kept and sent when it answers")
