@@ -104,6 +104,7 @@ class FakeLabelStudio:
         self.descriptions: list[str] = []
         self.titles: list[str] = []
         self.model_version: str | None = None
+        self.retrieved: list[list[int]] = []  # the task ids of each "Retrieve Predictions" asked for
         self.edits = 0
 
     def edit_annotations(self) -> None:
@@ -145,6 +146,9 @@ class FakeLabelStudio:
 
     def set_model_version(self, project: int, version: str) -> None:
         self.model_version = version
+
+    def retrieve_predictions(self, project: int, task_ids: list[int]) -> None:
+        self.retrieved.append(list(task_ids))
 
 
 def _as_exported(task: dict) -> dict:

@@ -38,14 +38,67 @@ def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
+# How deep a request body may nest (arrays and objects; the outermost counts 1). Label Studio's bodies are shallow:
+# a /predict body nests 10 deep at most (body > tasks > task > annotations > annotation > the prediction it started
+# from > result > region > value > labels), a webhook's 8 (tests/test_json_depth.py measures both), and task data,
+# the project's own JSON, adds a few levels. 64 leaves them 6x that and stays far below the ~1000 levels where
+# Python's json raises RecursionError: a deeper body is refused by name.
+MAX_JSON_DEPTH = 64
+
+
+class TooDeep(ValueError):
+    """A request body nests deeper than MAX_JSON_DEPTH."""
+
+
+def json_depth(value: Any, stop_above: int | None = None) -> int:
+    """How deep a parsed JSON value nests: the most arrays and objects open at once (0 for a scalar), walked with a
+    stack of its own, never by recursion. With ``stop_above``, the walk ends once the depth passes it."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if stop_above is not None and deepest > stop_above:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def parse_json(raw: bytes) -> Any:
+    """``json.loads(raw)``, or TooDeep when it nests deeper than MAX_JSON_DEPTH (Python's reader gives up with a
+    RecursionError near 1000 levels, at once); ValueError (UnicodeDecodeError included) when it is not JSON."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise TooDeep(f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise TooDeep(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
 def _json_body() -> Any:
-    """The request's JSON; a RequestError (-> 400) naming the problem when it is missing or malformed."""
+    """The request's JSON; a RequestError (-> 400) naming the problem when it is missing, malformed or too deep."""
     if not request.get_data(cache=True):
         raise RequestError("the request body is empty; send a JSON object")
     try:
-        return json.loads(request.get_data(cache=True))
+        return parse_json(request.get_data(cache=True))
+    except TooDeep:
+        raise RequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects; "
+                           "Label Studio's bodies nest about 10") from None
     except ValueError:  # UnicodeDecodeError included
         raise RequestError("the request body is not valid JSON") from None
+
+
+def _json_body_or_none() -> Any:
+    """The request's JSON, or None when there is none usable (empty, malformed or too deep); for the routes that
+    answer whatever the body (/versions)."""
+    data = request.get_data(cache=True)
+    try:
+        return parse_json(data) if data else None
+    except ValueError:  # TooDeep and UnicodeDecodeError included
+        return None
 
 
 @bp.before_request
@@ -93,8 +146,11 @@ def predict():
 def webhook():
     # Always 200 and always fast: Label Studio gives up after 1 s and a slow webhook blocks its request.
     try:
-        body = request.get_json(force=True, silent=True)
-    except RequestEntityTooLarge:
+        body = parse_json(request.get_data(cache=True))
+    except TooDeep:
+        return jsonify({"status": "ok", "action": "", "project": None,
+                        "decision": f"ignored: the body nests deeper than {MAX_JSON_DEPTH} levels"})
+    except (ValueError, RequestEntityTooLarge):  # not JSON (the service ignores None), or too large
         body = None
     outcome = _service().handle_webhook(body)
     if outcome.project is not None:
@@ -108,7 +164,7 @@ def versions():
     # has no body), so it gets every project's versions.
     project = request.args.get("project")
     if project is None:
-        body = request.get_json(force=True, silent=True) if request.get_data(cache=True) else None
+        body = _json_body_or_none()
         project = body.get("project") if isinstance(body, dict) else None
     if project is None:
         return jsonify(_service().all_versions())

@@ -62,6 +62,8 @@ class ProjectClient(Protocol):
 
     def set_model_version(self, project: int, version: str) -> None: ...
 
+    def retrieve_predictions(self, project: int, task_ids: list[int]) -> None: ...
+
 
 def replace_report_block(instruction: str | None, block_html: str) -> str:
     """``instruction`` with our marked block replaced by ``block_html`` (appended when absent).
@@ -193,6 +195,13 @@ class LabelStudioClient:
         Data Manager's "Prediction score" column averages."""
         self._call(f"setting the model version of project {project}", self._ls.projects.update,
                    id=project, model_version=version)
+
+    def retrieve_predictions(self, project: int, task_ids: list[int]) -> None:
+        """The Data Manager's "Retrieve Predictions" for ``task_ids``: Label Studio asks this backend's ``/predict``
+        for those of them without a prediction of the version ``/setup`` names, and stores the answers."""
+        self._call(f"retrieving predictions for {len(task_ids)} task(s) of project {project}", self._ls.actions.create,
+                   id="retrieve_tasks_predictions", project=project,
+                   selected_items={"all": False, "included": list(task_ids)})
 
     def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool:
         """Set the title of this backend's ML record (its card in Settings -> Model); see ``write_ml_description``."""

@@ -1,4 +1,4 @@
-"""The models in memory of one serving process: each project's current version (following the store's pointer),
+"""The models in memory of one serving process: each project's announced version (following the store's pointer),
 the start model, loading in the background, and the one check of whether a model fits a project's label config.
 """
 from __future__ import annotations
@@ -118,21 +118,22 @@ class ModelCache:
         return schema is not None and fits(self.start_labels(), schema)
 
     def version_name(self, project: str, schema: LabelSchema | None = None) -> str:
-        """The version name that answers for ``project`` now, without loading anything (fast, for /setup)."""
-        current = self.store.current(project)
-        if current is not None:
-            if schema is not None and not fits(self.version_labels(project, current), schema):
+        """The version name that answers for ``project`` now, without loading anything (fast, for /setup): the
+        store's announced version (a promoted one is announced once its predictions are published)."""
+        announced = self.store.announced(project)
+        if announced is not None:
+            if schema is not None and not fits(self.version_labels(project, announced), schema):
                 # A name of its own for "no suggestions": Label Studio keeps predictions per version name, and must
                 # ask again once the config fits (or a new version serves) instead of keeping the empty ones.
-                return f"{current}{UNFIT_SUFFIX}"
-            return current
+                return f"{announced}{UNFIT_SUFFIX}"
+            return announced
         if self.start_fits(schema):
             return start_version(self.start_model)
         return UNTRAINED
 
     # --- serving ------------------------------------------------------------------------------------------
     def serving(self, project: str, schema: LabelSchema) -> LoadedModel | None:
-        """The model that answers for ``project``: its current version, else the start model, if it fits."""
+        """The model that answers for ``project``: its announced version, else the start model, if it fits."""
         model = self._project_model(project)
         if model is None:
             return self._start_model() if self.start_fits(schema) else None
@@ -146,7 +147,7 @@ class ModelCache:
         return model
 
     def _project_model(self, project: str) -> LoadedModel | None:
-        """The predictor of the project's current version, following the store's pointer."""
+        """The predictor of the project's announced version, following the store's pointer."""
         stamp = self.store.pointer_stamp(project)
         served = self._served.get(project)
         if served is not None and served.stamp == stamp:
@@ -159,7 +160,7 @@ class ModelCache:
         return self._reload(project)
 
     def _reload(self, project: str) -> LoadedModel | None:
-        """Load the project's current version unless it is already served (one loader per project at a time)."""
+        """Load the project's announced version unless it is already served (one loader per project at a time)."""
         with self._lock:
             loading = self._loading.setdefault(project, threading.Lock())
         with loading:
@@ -167,7 +168,7 @@ class ModelCache:
             served = self._served.get(project)
             if served is not None and served.stamp == stamp:
                 return served.model
-            version = self.store.current(project)
+            version = self.store.announced(project)
             model = served.model if served is not None else None
             if version is not None and (model is None or model.version != version):
                 try:
@@ -194,7 +195,7 @@ class ModelCache:
             return self._start
 
     def prefetch(self, project: str) -> None:
-        """Load the project's current version in the background (after /setup, or when a new one is promoted)."""
+        """Load the project's announced version in the background (after /setup, or when a new one is announced)."""
         stamp = self.store.pointer_stamp(project)
         served = self._served.get(project)
         if stamp is None or (served is not None and served.stamp == stamp):

@@ -10,6 +10,8 @@ import functools
 import logging
 import re
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,8 @@ from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load
 from backend.serving.report import report_page
 from backend.serving.settings import Settings
 from backend.serving.store import LOW_DISK_MB, ModelStore, free_megabytes
-from backend.serving.training_run import PUBLISH, report_failed_run, run_training_job
+from backend.serving.publishing import unfit_message
+from backend.serving.training_run import PUBLISH, publish_resumes, report_failed_run, run_training_job
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,11 @@ MODEL_CLASS = "NerBackend"
 TRAIN_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
 START_TRAINING = "START_TRAINING"
 TASKS_CREATED = "TASKS_CREATED"  # new tasks: the serving version's predictions are published for them
+PROJECT_UPDATED = "PROJECT_UPDATED"  # a changed label config may withdraw the serving version
+# Label Studio stores a /predict answer only after the whole request (~60 s for 1,000 tasks, measured): within this
+# window a second request for a task answered with the same version gets no prediction for it (RecentAnswers)
+ANSWERED_WINDOW_S = 180.0
+RESUME_AFTER_S = 60.0  # a due publishing is asked for again by /setup at most this often (per project and process)
 
 
 class RequestError(ValueError):
@@ -64,6 +72,20 @@ def project_id(value: Any) -> str:
     return str(int(match.group(1)))
 
 
+def _holds(task: Any, version: str) -> bool:
+    """Whether a task of a /predict body already holds a prediction of ``version`` (Label Studio sends them)."""
+    predictions = task.get("predictions") if isinstance(task, dict) else None
+    return isinstance(predictions, list) and any(
+        isinstance(p, dict) and p.get("model_version") == version for p in predictions)
+
+
+def data_key_warning(key: str, fields: tuple[str, ...]) -> str:
+    had = ", ".join(repr(f) for f in fields[:5]) or "no fields"
+    return (f"tasks Label Studio asked predictions for have no field {key!r}, which the label config reads "
+            f"(value=\"${key}\"); they hold {had}: their suggestions are empty. Make the config's <Text> read the "
+            "tasks' field, or import tasks with that field")
+
+
 @functools.lru_cache(maxsize=64)
 def _schema_of(label_config: str) -> LabelSchema:
     return parse_label_config(label_config)
@@ -77,6 +99,39 @@ class ProjectState:
     hostname: str | None = None
     access_token: str | None = field(default=None, repr=False)
     annotations_since_training: int = 0
+    # the last /predict whose tasks lacked the field the label config reads: (that field, the fields they had)
+    missing_data_key: tuple[str, tuple[str, ...]] | None = None
+
+
+class RecentAnswers:
+    """The tasks this process answered with a version lately, so that two of Label Studio's requests for one task
+    at once (Retrieve Predictions beside the labeling stream, both past Label Studio's check before either stored
+    its answer) store the version once: the later one gets no prediction for that task."""
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._when: dict[tuple[str, str, Any], float] = {}
+        self._order: deque[tuple[float, tuple[str, str, Any]]] = deque()
+
+    def claim(self, project: str, version: str, task_ids: list[Any]) -> list[bool]:
+        """For each task id: True when it is this request's to answer (not answered with ``version`` within the
+        window; None ids always are), recording it as answered now."""
+        now = time.monotonic()
+        claimed = []
+        with self._lock:
+            while self._order and now - self._order[0][0] > self.window_s:
+                when, key = self._order.popleft()
+                if self._when.get(key) == when:
+                    del self._when[key]
+            for task_id in task_ids:
+                key = (project, version, task_id)
+                fresh = task_id is None or now - self._when.get(key, -self.window_s - 1) > self.window_s
+                claimed.append(fresh)
+                if fresh and task_id is not None:
+                    self._when[key] = now
+                    self._order.append((now, key))
+        return claimed
 
 
 @dataclass(frozen=True)
@@ -86,13 +141,15 @@ class WebhookOutcome:
     decision: str
 
 
-def job_queue(settings: Settings, store: ModelStore) -> Any:
-    """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one."""
+def job_queue(settings: Settings, store: ModelStore,
+              on_abandoned: Callable[[str, dict, str], None] | None = None) -> Any:
+    """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one.
+    ``on_abandoned(project, payload, message)``: what the queue's watchdog does with a run whose worker died."""
     if settings.training_queue:
         from backend.serving.queue import RedisJobQueue
 
         return RedisJobQueue(settings.training_queue, settings.training_queue_name,
-                             report_failure=functools.partial(report_failed_run, settings))
+                             report_failure=on_abandoned or functools.partial(report_failed_run, settings))
     return JobQueue(functools.partial(run_training_job, settings), store.root / ".jobs", nice=settings.train_nice,
                     concurrency=settings.train_concurrency)
 
@@ -113,15 +170,16 @@ class NerService:
     ):
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
-        self.jobs = jobs or job_queue(settings, self.store)
+        self.jobs = jobs or job_queue(settings, self.store, self._on_abandoned)
         self.models = ModelCache(self.store, settings.start_model, load_predictor,
                                  BatchLimits(settings.predict_max_wait_ms, settings.predict_max_subwords))
         self._admission = Admission(settings.predict_max_requests)
+        self._answered = RecentAnswers(ANSWERED_WINDOW_S)
         self._confirm = confirm_project or functools.partial(confirm_project_exists, settings)
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectState] = {}
         self._warned: set[str] = set()
-        self._publish_asked: set[tuple[str, str]] = set()
+        self._publish_asked: dict[tuple[str, str], float] = {}  # (project, version) -> when /setup last asked
         if not settings.training_queue:  # with a queue, replicas never write the store: workers clean it
             removed = self.store.clean_temporary()
             if removed:
@@ -161,17 +219,56 @@ class NerService:
         if isinstance(body.get("access_token"), str) and body["access_token"].strip():
             state.access_token = body["access_token"].strip()
         self.models.prefetch(project)
-        current = self.store.current(project)
-        if (current is not None and (project, current) not in self._publish_asked
-                and self.store.publishing(project).get("version") != current):
-            # a project that connects with a version never published into it: asked once per version, since
-            # Label Studio calls /setup before every prediction and a failure must not start a run each time
-            self._publish_asked.add((project, current))
-            self._publish(project, state)
+        self._resume_publishing(project, state)
         return {"model_version": self.models.version_name(project, self._schema(project, None))}
 
-    def predict(self, body: dict) -> list[dict]:
-        """/predict: one ``{"result", "score", "model_version"}`` per task, in the order of ``body["tasks"]``."""
+    def _resume_publishing(self, project: str, state: ProjectState) -> None:
+        """Start the publishing of a promoted version that is not announced yet (interrupted by a restart, a killed
+        worker, a full disk or Label Studio going away, or never started here), or the withdrawal of one that no
+        longer fits the label config. Label Studio calls /setup before every prediction: asked at most once per
+        RESUME_AFTER_S, and never while a run goes (it publishes at its end)."""
+        current = self.store.current(project)
+        if current is None or not self.settings.publish_predictions:
+            return
+        unfit = self._unfit_labels(project, current)
+        published = self.store.publishing(project)
+        done = "unfit" if unfit else "published"
+        if published.get("version") == current and published.get("state") == done and (
+                unfit or self.store.announced(project) == current):
+            return  # withdrawn, or written and announced, already
+        now = time.monotonic()
+        with self._lock:
+            asked = self._publish_asked.get((project, current))
+            if asked is not None and now - asked < RESUME_AFTER_S:
+                return
+            self._publish_asked[(project, current)] = now
+        if self.jobs.status(project).running:
+            return
+        decision = self._publish(project, state)
+        log.info("project %s: %s of %s: %s", project, "withdrawal" if unfit else "publishing", current, decision)
+
+    def _unfit_labels(self, project: str, version: str) -> list[str]:
+        """The labels ``version`` predicts that the project's label config (as last seen) lacks; [] when it fits or
+        the config is not known here."""
+        schema = self._schema(project, None)
+        if schema is None:
+            return []
+        labels = self.models.version_labels(project, version)
+        return sorted(set(labels) - set(schema.labels)) if labels else []
+
+    def _on_abandoned(self, project: str, payload: dict, message: str) -> None:
+        """The queue's watchdog found a run whose worker died: tell Label Studio, and resume the publishing it may
+        have left half done."""
+        report_failed_run(self.settings, project, payload, message)
+        if self.settings.publish_predictions and self.store.announcement_due(project) is not None:
+            log.info("project %s: resuming the publishing of %s: %s", project, self.store.current(project),
+                     self.jobs.trigger(project, {**payload, "action": PUBLISH}))
+
+    def predict(self, body: dict) -> list[dict | list]:
+        """/predict: one ``{"result", "score", "model_version"}`` per task, in the order of ``body["tasks"]``; an
+        empty list (Label Studio stores nothing for it) for a task that already holds the version answered, or, as
+        Label Studio sends a task to store its answer, that another such request got it for moments ago: so no task
+        holds a version twice."""
         if not isinstance(body, dict):
             raise RequestError("the /predict body must be a JSON object with \"tasks\" and \"project\"")
         tasks = body.get("tasks")
@@ -184,26 +281,53 @@ class NerService:
         if model is None:
             version = self.models.version_name(project, schema) if schema is not None else UNTRAINED
             return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
-        texts = [task_text(task, schema.data_key) for task in tasks]
+        self._check_data_key(project, schema, tasks)
+        answer = [not _holds(task, model.version) for task in tasks]
+        # only tasks as Label Studio stores them (they come with their "predictions"), never an interactive request
+        # (it carries a context and stores nothing)
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        stored = [ok and isinstance(task, dict) and isinstance(task.get("predictions"), list) and not params.get("context")
+                  for task, ok in zip(tasks, answer)]
+        claimed = self._answered.claim(project, model.version,
+                                       [task.get("id") if keep else None for task, keep in zip(tasks, stored)])
+        answer = [ok and fresh for ok, fresh in zip(answer, claimed)]
+        texts = [task_text(task, schema.data_key) for task, ok in zip(tasks, answer) if ok]
         with self._admission:  # Overloaded (503) when too many wait: they must not hold every server thread
-            predictions = model.predict(texts)
-        if len(predictions) != len(tasks):
-            raise RuntimeError(f"the predictor returned {len(predictions)} predictions for {len(tasks)} tasks")
-        return [
-            {
-                "result": spans_to_results(prediction.spans, schema),
-                "score": prediction.shown_score,
-                "model_version": model.version,
-            }
-            for prediction in predictions
-        ]
+            predictions = model.predict(texts) if texts else []
+        if len(predictions) != len(texts):
+            raise RuntimeError(f"the predictor returned {len(predictions)} predictions for {len(texts)} tasks")
+        answers = iter(predictions)
+        results: list[dict | list] = []
+        for ok in answer:
+            if not ok:
+                results.append([])
+                continue
+            prediction = next(answers)
+            results.append({"result": spans_to_results(prediction.spans, schema), "score": prediction.shown_score,
+                            "model_version": model.version})
+        return results
+
+    def _check_data_key(self, project: str, schema: LabelSchema, tasks: list) -> None:
+        """Name it (log, /status) when the tasks lack the field the label config reads (``$text`` changed to
+        ``$review``, say): their suggestions are empty, and that must never be silent."""
+        datas = [task.get("data") for task in tasks if isinstance(task, dict) and isinstance(task.get("data"), dict)]
+        lacking = [data for data in datas if schema.data_key not in data]
+        state = self._state(project)
+        if not lacking:
+            if datas:
+                state.missing_data_key = None
+            return
+        fields = tuple(sorted({key for data in lacking for key in data}))
+        state.missing_data_key = (schema.data_key, fields)
+        self._warn_once(f"data-key-{project}-{schema.data_key}", "project %s: %s", project,
+                        data_key_warning(schema.data_key, fields))
 
     def handle_webhook(self, body: Any) -> WebhookOutcome:
         """/webhook: decide whether to start training; never raises and never does slow work."""
         if not isinstance(body, dict):
             return WebhookOutcome("", None, "ignored: the body is not a JSON object")
         action = str(body.get("action") or "")
-        if action not in (START_TRAINING, TASKS_CREATED) and action not in TRAIN_ACTIONS:
+        if action not in (START_TRAINING, TASKS_CREATED, PROJECT_UPDATED) and action not in TRAIN_ACTIONS:
             return WebhookOutcome(action, None, "ignored")
         try:
             project = project_id(body.get("project"))
@@ -219,6 +343,8 @@ class NerService:
             return WebhookOutcome(action, project, self._start_training(project, state))
         if action == TASKS_CREATED:
             return WebhookOutcome(action, project, self._publish(project, state))
+        if action == PROJECT_UPDATED:
+            return WebhookOutcome(action, project, self._config_changed(project, state, body.get("project")))
         annotation = body.get("annotation")
         if action == "ANNOTATION_CREATED" and isinstance(annotation, dict) and annotation.get("was_cancelled"):
             # a skipped task: training never uses cancelled annotations, so it is no reason to train again
@@ -245,16 +371,33 @@ class NerService:
         return {"hostname": state.hostname, "access_token": token}
 
     def _publish(self, project: str, state: ProjectState) -> str:
-        """Publish the serving version's predictions in a job of its own (never in this process), unless publishing
-        is off, no version serves, or a run is going (it publishes what it promotes)."""
+        """Publish the promoted version's predictions in a job of its own (never in this process), unless
+        publishing is off or no version serves. During a run it is one more job after it (a training press kept
+        meanwhile stays a training: ``jobs.merge_payloads``), so tasks imported meanwhile are not missed."""
         if not self.settings.publish_predictions:
             return "ignored: PUBLISH_PREDICTIONS is off"
         if self.store.current(project) is None:
             return "ignored: no version serves yet"
-        if self.jobs.status(project).running:
-            return "ignored: a run is going; it publishes the version it promotes"
         payload = {**self._run_payload(state), "action": PUBLISH}
         return f"publishing: {self.jobs.trigger(project, payload)}"
+
+    def _config_changed(self, project: str, state: ProjectState, found: Any) -> str:
+        """PROJECT_UPDATED: follow the project's label config; when the promoted version no longer fits it, a job
+        withdraws its predictions (the project's model version stops naming them). The body is a hint: the job
+        reads the config from Label Studio itself."""
+        config = found.get("label_config") if isinstance(found, dict) else None
+        if not isinstance(config, str) or not config.strip():
+            return "ignored: no label config in the body"
+        if config == state.label_config:
+            return "ignored: the label config is unchanged"
+        state.label_config = config
+        current = self.store.current(project)
+        unfit = self._unfit_labels(project, current) if current else []
+        if not unfit:
+            return "label config followed"
+        if not self.settings.publish_predictions:
+            return f"label config followed; {current} does not fit it (publishing is off: nothing to withdraw)"
+        return f"label config followed; {current} does not fit it: withdrawing: {self._publish(project, state)}"
 
     def _known(self, project: str) -> bool:
         """Whether ``project`` was set up here, has a version or a training run, or Label Studio confirms it."""
@@ -280,31 +423,57 @@ class NerService:
     def project_status(self, project: str) -> dict[str, Any]:
         job = self.jobs.status(project).to_dict()
         job.pop("project", None)
+        running = job.pop("running")
         return {
             "current_version": self.store.current(project),
-            "training": job.pop("running"),
+            "training": running,
             "annotations_since_training": self._annotations_since_training(project),
             "disk_mb": round(self.store.disk_bytes(project) / 2**20, 1) if self.store.has_project(project) else 0.0,
-            "warnings": self._warnings(project, job.get("last_result")),
+            "announced_version": self.store.announced(project),
+            "publishing": self.store.publishing(project) if self.store.has_project(project) else {},
+            "warnings": self._warnings(project, job.get("last_result"), running),
             **job,
         }
 
-    def _warnings(self, project: str, last_result: Any) -> list[str]:
+    def _warnings(self, project: str, last_result: Any, running: bool = False) -> list[str]:
         """What a lead should know and act on: an unreadable store, a report that did not reach Label Studio, a
-        disk about to fill up."""
+        publishing that stopped (and when it resumes), a version that no longer fits the labels, tasks without the
+        field the config reads, a disk about to fill up."""
         warnings = self.store.problems(project)
         if isinstance(last_result, dict) and last_result.get("report_error"):
             warnings.append(f"the scores of {last_result.get('version')} could not be written into Label Studio "
                             f"({last_result['report_error']}); the version is kept, and the next run reports again")
-        publishing = self.store.publishing(project) if self.store.has_project(project) else {}
-        if publishing.get("state") == "failed":
-            warnings.append(f"the predictions of {publishing.get('version')} could not be written into Label Studio "
-                            f"({publishing.get('error')}); they are published again at the next promotion")
+        warnings += self._publishing_warnings(project, running)
+        with self._lock:
+            state = self._projects.get(project)
+        if state is not None and state.missing_data_key is not None:
+            warnings.append(data_key_warning(*state.missing_data_key))
         free = free_megabytes(self.store.root)
         if free is not None and free < LOW_DISK_MB:
             warnings.append(f"only {free:.0f} MB free on the disk of MODEL_DIR: training needs room for a new "
                             "version; free space or lower KEEP_VERSIONS")
         return warnings
+
+    def _publishing_warnings(self, project: str, running: bool) -> list[str]:
+        if not self.settings.publish_predictions or not self.store.has_project(project):
+            return []
+        current, record = self.store.current(project), self.store.publishing(project)
+        unfit = self._unfit_labels(project, current) if current else []
+        if unfit or (record.get("state") == "unfit" and record.get("version") == current):
+            return [unfit_message(current, unfit or record.get("missing_labels") or [])]
+        due = self.store.announcement_due(project)
+        mine = record.get("version") == due
+        at = f" at {record.get('written', 0)}/{record.get('total', 0)}" if mine and record.get("total") else ""
+        if due is not None and not running:
+            if mine and record.get("state") == "failed":
+                return [f"publishing {due} stopped{at} ({record.get('error')}); {publish_resumes(due)}"]
+            return [f"publishing {due} interrupted{at}; {publish_resumes(due)}" if mine else
+                    f"{due} is promoted but its predictions are not published yet; {publish_resumes(due)}"]
+        if due is None and current is not None and mine is False and record.get("version") == current \
+                and record.get("state") == "failed":
+            return [f"the predictions of {current} for newly imported tasks could not be written into Label Studio "
+                    f"({record.get('error')}); asked again at the next /setup (at most once a minute)"]
+        return []
 
     def status(self, project: str | None = None) -> dict[str, Any]:
         """/status: per project, the current version, whether training runs, its progress, the last error."""

@@ -1,5 +1,11 @@
 """Versioned models on disk, one folder per project: ``v1``, ``v2``, ... and a ``current.json`` pointer.
 
+The pointer names two versions: the promoted one (``current``: what the next training compares with and warm-starts
+from) and the announced one (``announced``: what answers Label Studio in ``/setup`` and ``/predict``). A promotion
+with publishing on leaves the announced version where it was until publishing has written the promoted version's
+predictions into Label Studio; then ``announce`` moves it. So Label Studio never asks for, nor stores, a version that
+publishing is still writing (its own check skips the tasks that hold the version ``/setup`` names).
+
 A version is trained into a hidden temporary folder and renamed into place whole; the pointer is replaced
 atomically. So a crash or kill at any moment leaves either the old state or the new one, plus at most a
 temporary folder that ``clean_temporary`` removes at start-up.
@@ -306,28 +312,44 @@ class ModelStore:
                         raise
                     number += 1
 
-    def promote(self, project: str, version: str) -> None:
-        """Make ``version`` the one served for ``project`` (an atomic replace of the pointer file), and record it
-        among the project's promotions."""
+    def promote(self, project: str, version: str, announce: bool = True) -> None:
+        """Make ``version`` the promoted one of ``project`` (an atomic replace of the pointer file), and record it
+        among the project's promotions. ``announce=False`` keeps the announced version as it was (publishing
+        announces the new one once its predictions are written)."""
         if not (self.version_dir(project, version) / MANIFEST).is_file():
             raise FileNotFoundError(f"cannot promote {version} of project {project}: no committed version folder")
         before = self.current(project)
-        write_json_atomically(self.project_dir(project) / POINTER, {"version": version, "promoted_at": utc_now()})
+        announced = version if announce else self.announced(project)
+        write_json_atomically(self.project_dir(project) / POINTER,
+                              {"version": version, "promoted_at": utc_now(), "announced": announced})
         # the version served before is recorded too: a writer killed between the two writes left it out
         history = self._promotion_history(project)
         missing = [name for name in dict.fromkeys([before, version]) if name and name not in history]
         if missing:
             write_json_atomically(self.project_dir(project) / PROMOTIONS, [*history, *missing])
 
+    def announce(self, project: str, version: str) -> bool:
+        """Make ``version`` the announced one (what answers Label Studio), if it is still the promoted one; False
+        when a newer promotion came meanwhile (that one is announced by its own publishing)."""
+        with self._lock:
+            data = read_json(self.project_dir(project) / POINTER)
+            if not isinstance(data, dict) or data.get("version") != version:
+                return False
+            if data.get("announced") != version:
+                write_json_atomically(self.project_dir(project) / POINTER,
+                                      {**data, "announced": version, "announced_at": utc_now()})
+            return True
+
     def prune(self, project: str, keep_promoted: int | None) -> list[str]:
-        """Delete the versions that are kept no longer: all but the serving one, the last ``keep_promoted``
-        promoted ones and the newest one that was never promoted (None keeps everything). Returns the deleted."""
+        """Delete the versions that are kept no longer: all but the promoted and the announced one, the last
+        ``keep_promoted`` promoted ones and the newest one that was never promoted (None keeps everything). Returns
+        the deleted."""
         if keep_promoted is None:
             return []
         names = self.version_names(project)
         promoted = [name for name in self._promotion_history(project) if name in names]
         never = [name for name in names if name not in promoted]
-        keep = {self.current(project), *promoted[-keep_promoted:], *never[-1:]}
+        keep = {self.current(project), self.announced(project), *promoted[-keep_promoted:], *never[-1:]}
         removed = []
         for name in names:
             if name not in keep:
@@ -346,6 +368,23 @@ class ModelStore:
         if isinstance(version, str) and _VERSION.match(version) and self.version_dir(project, version).is_dir():
             return version
         return None
+
+    def announced(self, project: str) -> str | None:
+        """The version that answers Label Studio (``/setup``, ``/predict``): the promoted one once its predictions
+        were published (or at once with publishing off), None before. A pointer written before announcing existed
+        announces its promoted version."""
+        data = read_json(self.project_dir(project) / POINTER)
+        if not isinstance(data, dict):
+            return None
+        version = data.get("announced", data.get("version"))
+        if isinstance(version, str) and _VERSION.match(version) and self.version_dir(project, version).is_dir():
+            return version
+        return None
+
+    def announcement_due(self, project: str) -> str | None:
+        """The promoted version when it is not announced yet (its publishing has not finished), else None."""
+        current = self.current(project)
+        return current if current is not None and current != self.announced(project) else None
 
     def promoted(self, project: str) -> set[str]:
         """The versions that have served ``project`` (the pointer's record, not a manifest's intent)."""

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from backend.data.splits import split_examples
 from backend.data.suggestions import suggestion_outcomes
 from backend.data.tasks import choose_annotation
 from backend.model.metrics import Scores, f1_difference
-from backend.serving.jobs import ProgressCallback
+from backend.serving.jobs import PUBLISH, ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
 from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 MIN_TRAINING_TASKS = 2
 TITLE_LENGTH = 200  # Label Studio's ML record title is a CharField of max_length 256
-PUBLISH = "publish"  # a job payload's action: publish the serving version only, no training
 
 
 class TrainingDataError(RuntimeError):
@@ -82,10 +82,20 @@ def _client(settings: Settings, payload: dict) -> LabelStudioClient:
 
 def _report_failure(settings: Settings, project: str, client: ProjectClient, store: ModelStore, message: str,
                     reason: str) -> None:
+    """The Instructions block, the ML record's description and the card after a run that failed. A run that had
+    promoted its version and died while publishing it says so, and that the publishing resumes."""
     when = utc_now()
-    _report_back(settings, client, int(project), failure_block(message, store.current(project), when),
-                 failure_description(message, store.current(project), when))
-    Card(settings, client, int(project)).show(f"NER · training failed: {reason.splitlines()[0][:120]}")
+    title = f"NER · training failed: {reason.splitlines()[0][:120]}"
+    due = store.announcement_due(project) if settings.publish_predictions else None
+    record = store.publishing(project)
+    if due is not None and record.get("version") == due and record.get("state") in ("publishing", "failed"):
+        at = f" at {record.get('written', 0)}/{record.get('total', 0)}"
+        message = f"{message}; {due} was promoted and its publishing stopped{at}: {publish_resumes(due)}"
+        title = f"NER · {due} promoted · publishing stopped{at}: resumes at the next connection"
+    serving = store.announced(project)
+    _report_back(settings, client, int(project), failure_block(message, serving, when),
+                 failure_description(message, serving, when))
+    Card(settings, client, int(project)).show(title)
 
 
 def train_project(
@@ -123,8 +133,14 @@ def train_project(
         log.info("project %s: %s", project, decision)
         summary = {"version": None, "promoted": False, "f1": None, "previous_version": store.current(project),
                    "previous_f1": None, "train_size": 0, "validation_size": 0, "decision": decision,
-                   "deleted_versions": [], "report_error": None}
-        card.show(outcome_title(summary))
+                   "deleted_versions": [], "report_error": None, "published": None, "publish_error": None}
+        due = store.announcement_due(project) if settings.publish_predictions else None
+        if due is not None:  # a publishing that was interrupted: this press resumes it
+            summary["decision"] += f"; resumed publishing {due}"
+            summary["published"], summary["publish_error"] = _publish(settings, project, due, client, store,
+                                                                      progress, load_predictor, card)
+        if not summary["publish_error"]:
+            card.show(outcome_title(summary))
         return summary
     train_examples, validation_examples = split_examples(keyed, settings.validation_fraction)
 
@@ -176,8 +192,8 @@ def train_project(
         manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
         version = store.commit(project, temporary, manifest)
         committed = True
-        if manifest.promoted:
-            store.promote(project, version)
+        if manifest.promoted:  # with publishing on, announced once its predictions are written
+            store.promote(project, version, announce=not settings.publish_predictions)
         log.info("project %s: trained %s (F1 %s); %s", project, version, manifest.f1, manifest.decision)
     finally:
         if not committed:
@@ -197,41 +213,77 @@ def train_project(
                "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
                "f1_difference": manifest.f1_difference.to_dict() if manifest.f1_difference else None,
                "started_from": started_from, "published": None, "publish_error": None}
-    card.show(outcome_title(summary))
-    if manifest.promoted and settings.publish_predictions:
-        summary["published"], summary["publish_error"] = _publish(settings, project, version, client, store,
-                                                                  progress, load_predictor)
+    if settings.publish_predictions and store.announcement_due(project) is not None:
+        summary["published"], summary["publish_error"] = _publish(settings, project, store.current(project), client,
+                                                                  store, progress, load_predictor, card)
+    if not summary["publish_error"]:  # else the card says where publishing stopped and that it resumes
+        card.show(outcome_title(summary))
     return summary
 
 
 def publish_project(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
-                    progress: ProgressCallback) -> dict[str, Any]:
-    """A job of its own: publish the serving version (a project that connected, new tasks imported)."""
+                    progress: ProgressCallback, load_predictor: Callable | None = None) -> dict[str, Any]:
+    """A job of its own: publish the promoted version (a publishing to resume, a project that connected, new tasks
+    imported), or withdraw it when it no longer fits the label config. ``load_predictor`` replaces the real one
+    (tests)."""
     version = store.current(project)
     if version is None:
         return {"version": None, "decision": "nothing to publish: no version serves yet"}
-    published, error = _publish(settings, project, version, client, store, progress)
+    card = Card(settings, client, int(project))
+    published, error = _publish(settings, project, version, client, store, progress, load_predictor, card)
     if error:
         raise RuntimeError(f"publishing {version}: {error}")
+    if "withdrawn" in published:
+        return {"version": version, "decision": published["withdrawn"], "published": None}
+    card.show(f"NER · {version} serving")
     return {"version": version, "decision": f"published {version}", "published": published}
 
 
 def _publish(settings: Settings, project: str, version: str, client: ProjectClient, store: ModelStore,
-             progress: ProgressCallback, load: Callable | None = None) -> tuple[dict | None, str | None]:
-    """``publish`` whose failure is returned, not raised: the version serves whatever happens to its publishing,
-    and the next promotion publishes again."""
-    from backend.serving.publishing import publish
+             progress: ProgressCallback, load: Callable | None = None,
+             card: "Card | None" = None) -> tuple[dict | None, str | None]:
+    """``publish`` whose failure is returned, not raised: the version is promoted whatever happens to its
+    publishing, which resumes later (see ``publish_resumes``). ``card`` shows the publishing's progress."""
+    from backend.serving.publishing import Unfit, publish
+
+    def on_progress(stage=None, **kwargs) -> None:
+        progress(stage, **kwargs)
+        if card is not None and kwargs.get("total_steps"):
+            card.progress(f"NER · {version} promoted · publishing {kwargs['step']}/{kwargs['total_steps']}")
 
     try:
         folder = store.version_dir(project, version)
         options = {"load": load} if load else {}
-        return publish(settings, project, version, folder, client, store, progress, **options), None
+        return publish(settings, project, version, folder, client, store, on_progress, **options), None
+    except Unfit as unfit:  # not a failure: the version is withdrawn until one trained on the new labels serves
+        if card is not None:
+            card.show(f"NER · {unfit}"[:TITLE_LENGTH])
+        return {"version": version, "withdrawn": str(unfit)}, None
     except Exception as error:  # noqa: BLE001
-        log.warning("project %s: could not publish the predictions of %s: %s", project, version, error)
         message = f"{type(error).__name__}: {error}"
-        store.record_publishing(project, {"version": version, "state": "failed", "error": message,
-                                          "finished_at": utc_now()})
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            message += "; the disk holding MODEL_DIR is full: free space"
+        record = store.publishing(project)
+        written = (f" at {record.get('written', 0)}/{record['total']}"
+                   if record.get("version") == version and record.get("total") else "")
+        log.warning("project %s: publishing %s stopped%s: %s; %s", project, version, written, message,
+                    publish_resumes(version))
+        try:
+            store.record_publishing(project, {**record, "version": version, "state": "failed", "error": message,
+                                              "finished_at": utc_now()})
+        except OSError:
+            pass  # a full disk: the pointer still says the version is not announced, so it resumes all the same
+        if card is not None:
+            card.show(f"NER · {version} promoted · publishing stopped{written}: resumes at the next connection")
         return None, message
+
+
+def publish_resumes(version: str) -> str:
+    """What happens next to a publishing that stopped, in the words /status, the log and the card use."""
+    return (f"publishing {version} resumes at the next /setup (Label Studio calls it when a task or the Model page "
+            f"opens; at most once a minute), the queue's watchdog, or Start Training, and writes only the tasks "
+            f"still missing it; until then annotators see the version announced before it")
+
 
 
 def training_fingerprint(settings: Settings, config: Any, schema: LabelSchema, tasks: list[tuple[Any, dict]]) -> str:
@@ -264,9 +316,13 @@ class Card:
     """The backend's card in Label Studio's Settings -> Model: its title (which Label Studio 1.23 displays) tells
     the run's state, written only when it changes; a failure to write it is logged, never fatal."""
 
+    PROGRESS_INTERVAL_S = 5.0  # a progress title is written at most this often: each write makes Label Studio
+    # check the backend's connection (/health and /setup)
+
     def __init__(self, settings: Settings, client: ProjectClient, project: int):
         self.settings, self.client, self.project = settings, client, project
         self.shown: str | None = None
+        self._progress_at = 0.0
 
     def show(self, title: str) -> None:
         if not self.settings.report_to_label_studio or title == self.shown:
@@ -276,6 +332,12 @@ class Card:
             self.client.write_ml_title(self.project, title[:TITLE_LENGTH], self.settings.backend_url)
         except Exception as error:  # noqa: BLE001
             log.warning("project %s: could not update the model card's title: %s", self.project, error)
+
+    def progress(self, title: str) -> None:
+        """``show`` a title that changes often (a count), at most every ``PROGRESS_INTERVAL_S``."""
+        if time.monotonic() - self._progress_at >= self.PROGRESS_INTERVAL_S:
+            self._progress_at = time.monotonic()
+            self.show(title)
 
     def training(self, step: int, total_steps: int) -> None:
         quarter = 4 * step // total_steps if total_steps else 0
