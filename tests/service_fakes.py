@@ -90,6 +90,9 @@ class FakeJobs:
     def projects(self) -> list[str]:
         return sorted({p for p, _ in self.triggers})
 
+    def resume(self) -> dict[str, str]:
+        return {}
+
     def shutdown(self) -> None:
         pass
 

@@ -256,3 +256,29 @@ def test_shutdown_stops_a_running_child(tmp_path, queue_of):
     status = queue.status("3")
     assert not status.running and "shut down" in status.last_error
     assert queue.trigger("3", _payload(tmp_path)) == "shutting down"
+
+
+def test_a_press_cut_short_by_a_restart_and_the_one_waiting_behind_it_run_once_when_the_server_starts(
+        tmp_path, queue_of):
+    """A press is kept until it runs: the run a stopped server cut short and the trigger that waited behind it are
+    owed on disk, and the next server runs them as one run; a run that ended (even failed or killed) is not owed."""
+    first = queue_of(recorded_run)
+    first.trigger("3", _payload(tmp_path, "pressed"))
+    assert _wait_until(lambda: len(_runs(tmp_path)) == 1)
+    assert first.trigger("3", _payload(tmp_path, "pressed again")) == "scheduled"
+    first.shutdown()
+    assert "shut down" in first.status("3").last_error
+
+    (tmp_path / "release").touch()
+    restarted = queue_of(recorded_run)
+    assert restarted.resume() == {"3": "started"}
+    assert restarted.wait_idle("3", WAIT_S)
+    assert _runs(tmp_path) == ["3:pressed", "3:pressed again"] and restarted.status("3").runs_finished == 1
+    assert restarted.status("3").last_error is None
+    restarted.shutdown()
+    assert queue_of(recorded_run).resume() == {}  # nothing owed any more
+
+    killed = queue_of(killed_run)
+    killed.trigger("4")
+    assert killed.wait_idle("4", WAIT_S)
+    assert queue_of(recorded_run).resume() == {}

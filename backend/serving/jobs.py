@@ -3,7 +3,9 @@
 A trigger while a project's run is going schedules exactly one more run after it, however many triggers come.
 At most ``concurrency`` runs go at once over all projects (TRAIN_CONCURRENCY); the others wait in the order they
 came, and ``/status`` says "queued (2nd)". The child reports progress through a small JSON file that the server
-reads for ``/status``. A lock file per project keeps a second backend process on the same MODEL_DIR from training
+reads for ``/status``. What a project is still owed (the running run and the trigger waiting behind it) is kept
+on disk, so a server stopped or restarted mid-run runs it again when it starts (``resume``): a press is kept until it
+runs. A lock file per project keeps a second backend process on the same MODEL_DIR from training
 the same project: it refuses, and says to configure the queue (``backend.serving.queue``).
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 # How often the child rewrites its status file at most; stage changes are always written.
 PROGRESS_INTERVAL_S = 0.5
 FULL_DISK_MB = 16  # a child that died with less free than this most likely died of it
+OWED_SUFFIX = ".owed"  # <project>.owed: the payload of the run a project is still owed (JSON), kept over a restart
 
 
 @dataclass
@@ -166,6 +169,7 @@ def _child_main(target: JobTarget, project: str, payload: dict, status_path: str
 @dataclass
 class _Job:
     status: JobStatus
+    running_payload: dict = field(default_factory=dict)
     pending_payload: dict = field(default_factory=dict)
     process: Any = None
     thread: threading.Thread | None = None
@@ -231,6 +235,7 @@ class JobQueue:
                 job.idle.set()
             if job.status.running:
                 job.pending_payload = merge_payloads(job.pending_payload if job.status.pending else None, payload)
+                self._owe(project, merge_payloads(job.running_payload, job.pending_payload))
                 if job.status.pending:
                     return "already scheduled"
                 job.status.pending = True
@@ -242,6 +247,8 @@ class JobQueue:
                 return (f"refused: another backend process on this MODEL_DIR ({self.status_dir.parent}) is training "
                         f"project {project}; several serving processes need TRAINING_QUEUE (see docs/deploy.md)")
             job.status.running = True
+            job.running_payload = payload
+            self._owe(project, payload)
             job.idle.clear()
             self._waiting.append(project)  # its place in line is the trigger's, not its thread's start
             job.thread = threading.Thread(target=self._run_until_idle, args=(project, job, payload),
@@ -294,6 +301,19 @@ class JobQueue:
         """What keeps trainings from running (the Redis queue's interface): nothing a child process can't start."""
         return []
 
+    def resume(self) -> dict[str, str]:
+        """Trigger again what a stopped server still owed (call at start-up): a run it cut short and the trigger
+        that waited behind it, joined into one run; a press is kept until it runs. Returns each project's answer."""
+        if not self.status_dir.is_dir():
+            return {}
+        answers = {}
+        for path in sorted(self.status_dir.glob(f"*{OWED_SUFFIX}")):
+            project = path.name[:-len(OWED_SUFFIX)]
+            payload = read_json(path)
+            if isinstance(payload, dict) and not self._locked_elsewhere(project):
+                answers[project] = self.trigger(project, payload)
+        return answers
+
     def wait_idle(self, project: str, timeout: float | None = None) -> bool:
         """Block until ``project`` has no running or scheduled run (for tests and shutdown); False on timeout."""
         with self._lock:
@@ -323,6 +343,17 @@ class JobQueue:
 
     def _lock_path(self, project: str) -> Path:
         return self.status_dir / f"{project}.lock"
+
+    def _owe(self, project: str, payload: dict | None) -> None:
+        """Record on disk the run still owed to ``project`` (None: nothing), so a restart resumes it (``resume``)."""
+        path = self.status_dir / f"{project}{OWED_SUFFIX}"
+        try:
+            if payload is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_json_atomically(path, payload)
+        except OSError as error:  # an unwritable folder: the run goes on; only a restart would forget it
+            log.warning("could not record the run owed to project %s: %s", project, error)
 
     def _take_project_lock(self, project: str) -> Any:
         """The project's lock file, open and locked by this process; None when another process holds it (or it
@@ -360,8 +391,12 @@ class JobQueue:
                     if job.status.pending and not self._closing:
                         job.status.pending = False
                         payload, job.pending_payload = job.pending_payload, {}
+                        job.running_payload = payload
+                        self._owe(project, payload)
                         self._waiting.append(project)  # the run that follows waits its turn behind the others
                         continue
+                    if not self._closing:  # a shutdown leaves what it cut short owed, for the next start
+                        self._owe(project, None)
                     job.status.running = False
                     job.status.pending = False
                     job.lock.close()

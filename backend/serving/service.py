@@ -184,6 +184,8 @@ class NerService:
             removed = self.store.clean_temporary()
             if removed:
                 log.info("removed %d unfinished training folder(s) left by an earlier run", len(removed))
+            for project, answer in self.jobs.resume().items():
+                log.info("project %s: the run an earlier server owed it: %s", project, answer)
 
     # --- per-project state --------------------------------------------------------------------------------
     def _state(self, project: str) -> ProjectState:
