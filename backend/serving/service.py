@@ -238,14 +238,14 @@ class NerService:
         if published.get("version") == current and published.get("state") == done and (
                 unfit or self.store.announced(project) == current):
             return  # withdrawn, or written and announced, already
+        if self.jobs.status(project).running:
+            return
         now = time.monotonic()
         with self._lock:
             asked = self._publish_asked.get((project, current))
             if asked is not None and now - asked < RESUME_AFTER_S:
                 return
             self._publish_asked[(project, current)] = now
-        if self.jobs.status(project).running:
-            return
         decision = self._publish(project, state)
         log.info("project %s: %s of %s: %s", project, "withdrawal" if unfit else "publishing", current, decision)
 
