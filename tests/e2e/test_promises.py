@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from scripts.scenario import (backend_status, connect_backend, create_project, examples_to_tasks, import_tasks,
                               read_label_config, retrieve_predictions, start_training, text_tasks, wait_until)
-from scripts.stack import BackendServer, StackError, free_port, get_json
+from scripts.stack import BackendServer, StackError, free_port
 from tests.e2e.conftest import TINY_TRAINING_ENV
 
 pytestmark = pytest.mark.e2e
