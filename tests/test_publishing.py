@@ -321,7 +321,8 @@ def test_new_tasks_during_a_run_are_published_after_it_and_a_kept_press_stays_a_
 
 def _ls_task(task_id, *versions, text="cheap pizza"):
     """A task as Label Studio's predict_tasks sends it: with its predictions."""
-    return {"id": task_id, "data": {"text": text}, "predictions": [{"model_version": v, "result": []} for v in versions]}
+    predictions = [{"model_version": version, "result": []} for version in versions]
+    return {"id": task_id, "data": {"text": text}, "predictions": predictions}
 
 
 def test_predict_leaves_out_a_task_that_holds_the_version_or_that_another_request_just_got(settings):

@@ -222,7 +222,8 @@ class JobQueue:
 
         Returns ``"started"`` (it runs now, or waits for a slot: see ``status``), ``"scheduled"`` (one more run
         will follow the current one), ``"already scheduled"`` (a run was already waiting; ``merge_payloads`` joins
-        the two: a training press is never replaced by a publish-only trigger), or ``"refused: ..."`` when another process on this MODEL_DIR trains the project.
+        the two: a training press is never replaced by a publish-only trigger), or ``"refused: ..."`` when another
+        process on this MODEL_DIR trains the project.
         """
         project = str(project)
         payload = dict(payload or {})

@@ -288,8 +288,8 @@ class NerService:
         # only tasks as Label Studio stores them (they come with their "predictions"), never an interactive request
         # (it carries a context and stores nothing)
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
-        stored = [ok and isinstance(task, dict) and isinstance(task.get("predictions"), list) and not params.get("context")
-                  for task, ok in zip(tasks, answer)]
+        stored = [ok and not params.get("context") and isinstance(task, dict)
+                  and isinstance(task.get("predictions"), list) for task, ok in zip(tasks, answer)]
         claimed = self._answered.claim(project, model.version,
                                        [task.get("id") if keep else None for task, keep in zip(tasks, stored)])
         answer = [ok and fresh for ok, fresh in zip(answer, claimed)]
@@ -471,8 +471,7 @@ class NerService:
                 return [f"publishing {due} stopped{at} ({record.get('error')}); {publish_resumes(due)}"]
             return [f"publishing {due} interrupted{at}; {publish_resumes(due)}" if mine else
                     f"{due} is promoted but its predictions are not published yet; {publish_resumes(due)}"]
-        if due is None and current is not None and mine is False and record.get("version") == current \
-                and record.get("state") == "failed":
+        if due is None and current is not None and record.get("version") == current and record.get("state") == "failed":
             return [f"the predictions of {current} for newly imported tasks could not be written into Label Studio "
                     f"({record.get('error')}); asked again at the next /setup (at most once a minute)"]
         return []

@@ -39,7 +39,8 @@ class Backend:
     """The backend on a fixed port and MODEL_DIR, so that it can be restarted under the URL Label Studio knows."""
 
     def __init__(self, label_studio, base_model: Path, model_dir: Path, log_path: Path):
-        self.label_studio, self.base_model, self.model_dir, self.log_path = label_studio, base_model, model_dir, log_path
+        self.label_studio, self.base_model = label_studio, base_model
+        self.model_dir, self.log_path = model_dir, log_path
         self.port = free_port()
         self.server: BackendServer | None = None
 
