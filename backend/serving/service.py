@@ -262,6 +262,8 @@ class NerService:
         """The queue's watchdog found a run whose worker died: tell Label Studio, and resume the publishing it may
         have left half done."""
         report_failed_run(self.settings, project, payload, message)
+        if self.jobs.status(project).running:
+            return  # a job was queued meanwhile (a /setup resumed it already): it publishes
         if self.settings.publish_predictions and self.store.announcement_due(project) is not None:
             log.info("project %s: resuming the publishing of %s: %s", project, self.store.current(project),
                      self.jobs.trigger(project, {**payload, "action": PUBLISH}))
@@ -433,7 +435,8 @@ class NerService:
             "disk_mb": round(self.store.disk_bytes(project) / 2**20, 1) if self.store.has_project(project) else 0.0,
             "announced_version": self.store.announced(project),
             "publishing": self.store.publishing(project) if self.store.has_project(project) else {},
-            "warnings": self._warnings(project, job.get("last_result"), running),
+            # a job that only waits in the queue publishes nothing yet: its warnings stay
+            "warnings": self._warnings(project, job.get("last_result"), running and job.get("queued") is None),
             **job,
         }
 

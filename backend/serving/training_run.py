@@ -89,7 +89,7 @@ def _report_failure(settings: Settings, project: str, client: ProjectClient, sto
     due = store.announcement_due(project) if settings.publish_predictions else None
     record = store.publishing(project)
     if due is not None and record.get("version") == due and record.get("state") in ("publishing", "failed"):
-        at = f" at {record.get('written', 0)}/{record.get('total', 0)}"
+        at = f" at {record.get('written', 0)}/{record['total']}" if record.get("total") else ""
         message = f"{message}; {due} was promoted and its publishing stopped{at}: {publish_resumes(due)}"
         title = f"NER · {due} promoted · publishing stopped{at}: resumes at the next connection"
     serving = store.announced(project)
