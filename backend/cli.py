@@ -5,6 +5,8 @@ Each subcommand parses its arguments here and calls one library function; no ML 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from backend.data.formats import FORMATS
@@ -31,11 +33,29 @@ def _read_examples(paths: list[str], label_config: str | None, fmt: str | None =
     return examples, schema
 
 
+@contextlib.contextmanager
+def _model_notes():
+    """Inside the block, what training does to fit its base model (a replaced head, the word-start marker, shorter
+    windows, a knob that cannot apply), logged by backend.model, shows as ``note: ...`` lines on stderr."""
+    logger = logging.getLogger("backend.model")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _train_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tqdm import tqdm
 
+    from backend.model.base_model import check_base_model
     from backend.model.config import from_arguments
     from backend.model.train import train_model
 
@@ -46,21 +66,26 @@ def _train_command(args: argparse.Namespace) -> int:
             f"no entity in the training data ({len(examples)} examples, every word tagged O): a model trained on it "
             "could only predict O; check that --data holds annotations and that the labels (and <Labels name>) of "
             "--label-config are those of the data")
-    base = Path(config.base_model).expanduser()
-    if config.base_model.startswith(("/", "./", "../", "~")) and not base.is_dir():
-        raise FileNotFoundError(f"--base-model {config.base_model}: no such folder")
+    check_base_model(config.base_model)  # a missing folder, no config.json, no token-classification head
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {args.out}: a file is in the way (the trained version is a folder)")
-    bar = tqdm(total=None, unit="step", file=sys.stderr, desc="training")
+    bars: list = []  # the progress bar, shown from the first step: an error before it stays one clean line
 
     def show(progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=progress.total_steps, unit="step", file=sys.stderr, desc="training"))
+        bar = bars[0]
         bar.total = progress.total_steps
         bar.set_postfix(epoch=progress.epoch, refresh=False)
         bar.update(progress.step - bar.n)
 
-    result = train_model(examples, schema.bio_labels, config, out, progress=show)
-    bar.close()
+    try:
+        with _model_notes():
+            result = train_model(examples, schema.bio_labels, config, out, progress=show)
+    finally:
+        for bar in bars:
+            bar.close()
     scores = result.selection_scores
     scored = (f"validation F1 {scores.overall.f1:.4f} on {result.validation_size} examples" if scores
               else f"scored on {result.scored_on}")

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from backend.model.base_model import window_limit
 from backend.model.decoding import DECODINGS, BioConstraints, constrained_decode, word_by_word
 from backend.model.device import Placement, inference_placement, set_threads
 from backend.model.encoding import centrality, encode_word_lists, pad_batch
@@ -105,8 +106,9 @@ class Predictor:
         self.decoding = decoding
         self._constraints = BioConstraints(self.bio_labels)
         # The saved tokenizer's model_max_length is the window length of training (backend.model.train sets it). Some
-        # tokenizers report a huge sentinel there; the position table is then the real limit.
-        limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+        # tokenizers report a huge sentinel there; the position table is then the real limit (RoBERTa's 514 rows
+        # hold 512 positions: backend/model/base_model.py).
+        limits = [window_limit(model), getattr(tokenizer, "model_max_length", None)]
         self.max_length = max_length or min(512, *[n for n in limits if isinstance(n, int) and n > 0])
 
     @classmethod

@@ -7,10 +7,10 @@ model, the step plan, the epochs, the save. The recipe is ``backend.model.config
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from backend.model.base_model import (BaseModelError, check_base_model, freeze, head_modules, load_token_classifier,
+                                      load_tokenizer, same_subwords, window_limit)
 from backend.model.config import TrainingConfig
 from backend.model.device import (Placement, bound_onednn_caches, matmul_precision, set_threads,
                                   training_placement)
@@ -29,6 +31,7 @@ from backend.model.predict import Predictor
 from backend.data.spans import Example, has_entities
 from backend.data.splits import split_examples
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingProgress:
@@ -48,6 +51,11 @@ class TrainingResult:
     ``selection_scores`` are the best epoch's scores on the part that chose it (``scored_on`` says which; None when
     nothing could be scored). A version in the model store is judged by its manifest's scores instead, on the
     project's validation tasks.
+
+    What the run made of its base model (backend/model/base_model.py): ``head`` ("new", "kept", "replaced") and
+    ``head_note``; ``tokenization`` (the tokenizer, its word-start marker, whether it lower-cases);
+    ``window_length`` (``config.max_length``, or less where the base's positions end sooner); ``notes``: every
+    adaptation to the base and every knob that could not apply as asked, as logged.
     """
 
     model_dir: Path
@@ -61,7 +69,8 @@ class TrainingResult:
     best_epoch: int
     optimizer_steps: int
     batch_size: int
-    frozen_layers: int  # the lowest transformer layers kept fixed (the recipe's, or its default for this data)
+    frozen_layers: int  # the lowest transformer layers kept fixed (the recipe's, or its default for this data,
+    # at most the base's layer count; 0 where the base's structure has no layer stack: ``notes`` says so)
     train_time_s: float
     total_time_s: float
     samples_per_s: float | None  # windows per second of training wall time, per-epoch validation included
@@ -73,6 +82,11 @@ class TrainingResult:
     threads: int
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    window_length: int = 0
+    head: str = "new"
+    head_note: str = ""
+    tokenization: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         """The JSON of metrics.json."""
@@ -141,24 +155,6 @@ def _label_ids(examples: Sequence[Example], bio_labels: Sequence[str]) -> list[l
     return rows
 
 
-def _freeze(model, config: TrainingConfig, frozen_layers: int) -> None:
-    """Mark the parameters the recipe keeps fixed (the embedding block if asked, the lowest ``frozen_layers``
-    transformer layers); they get no gradient, no optimizer state, no update."""
-    if config.freeze_embeddings:
-        # The vocabulary matrix, plus the position/type embeddings and their LayerNorm ("...embeddings...." in
-        # BERT, DistilBERT and RoBERTa alike): with all of them fixed no gradient is computed below layer 0.
-        model.get_input_embeddings().weight.requires_grad_(False)
-        for name, parameter in model.named_parameters():
-            if re.search(r"(^|\.)embeddings\.", name):
-                parameter.requires_grad_(False)
-    if frozen_layers:
-        # Layer parameters are named "...layer.<i>...." in BERT, DistilBERT and RoBERTa alike.
-        for name, parameter in model.named_parameters():
-            match = re.search(r"\blayer\.(\d+)\.", name)
-            if match and int(match.group(1)) < frozen_layers:
-                parameter.requires_grad_(False)
-
-
 def _set_dropout(model, probability: float | None) -> None:
     """Give every dropout of the model (hidden, attention, classifier) the probability ``probability``."""
     if probability is None:
@@ -169,8 +165,7 @@ def _set_dropout(model, probability: float | None) -> None:
 
 
 def _optimizer(model, config: TrainingConfig, placement: Placement) -> torch.optim.Optimizer:
-    head = set(id(p) for p in model.get_output_embeddings().parameters()) if model.get_output_embeddings() else set()
-    head |= {id(p) for name, p in model.named_parameters() if name.startswith("classifier.")}
+    head = {id(p) for _, module in head_modules(model) for p in module.parameters()}
     buckets: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -254,9 +249,12 @@ def train_model(
 
     ``bio_labels`` is the label list (``O`` first, then ``B-x``/``I-x``); every tag of every example must be in
     it. Only ``out_dir`` is written: model.safetensors, config.json (id2label), tokenizer files and metrics.json.
-    """
-    from transformers import AutoTokenizer
 
+    Any base with a token-classification head in transformers and a fast tokenizer trains (backend/model/
+    base_model.py): its tokenizer reads pre-split words as running text, a head of other labels is replaced, the
+    fixed parts are found in its structure, windows fit its positions; each adaptation is logged and kept in
+    ``notes``. A base that cannot train is a ``BaseModelError`` naming what is wrong.
+    """
     started = time.perf_counter()
     bound_onednn_caches()  # a training process's memory (backend/model/device.py)
     set_threads(config.threads)
@@ -264,14 +262,28 @@ def train_model(
     data = _choose_data(examples, validation, config)
     train_labels = _label_ids(data.train_set, bio_labels)
     placement = training_placement(config.device, config.precision)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    windows = encode_word_lists(tokenizer, [e.tokens for e in data.train_set], config.max_length)
+    base_config = check_base_model(config.base_model)
+    tokenizer, tokenization = load_tokenizer(config.base_model)
+    notes: list[str] = []
+    if tokenization.marker == "added":
+        _note(notes, "the tokenizer marks the start of every pre-split word (add_prefix_space), as it marks a word "
+                     "after a space in running text; the version is saved with it")
+    elif tokenization.marker == "missing":
+        _note(notes, "the tokenizer reads pre-split words unlike running text and has no switch for it "
+                     "(add_prefix_space): trained as it reads them", warn=True)
+    model, head = _build_model(config, base_config, bio_labels, placement)
+    if head.outcome != "new":
+        _note(notes, head.note)
+    window_length = _window_length(model, config, notes)
+    windows = encode_word_lists(tokenizer, [e.tokens for e in data.train_set], window_length)
     window_labels = [train_labels[w.sentence] for w in windows]
-    frozen_layers = default_frozen_layers(config, len(windows))
-    model = _build_model(config, bio_labels, placement, frozen_layers)
+    frozen_layers, not_applied = freeze(model, config.freeze_embeddings, default_frozen_layers(config, len(windows)))
+    for text in not_applied:
+        _note(notes, text, warn=True)
     plan = _plan(config, windows)
-    fit = _fit(model, tokenizer, windows, window_labels, data.validation, plan, config, placement, progress, started)
-    _save(model, tokenizer, config, out_dir)
+    fit = _fit(model, tokenizer, windows, window_labels, data.validation, plan, config, placement, progress, started,
+               window_length)
+    _save(model, tokenizer, window_length, out_dir, [e.tokens for e in data.train_set[:50]])
     result = TrainingResult(
         model_dir=Path(out_dir),
         selection_scores=fit.best_scores,
@@ -296,6 +308,11 @@ def train_model(
         threads=torch.get_num_threads(),
         versions=library_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        window_length=window_length,
+        head=head.outcome,
+        head_note=head.note,
+        tokenization=tokenization.to_dict(),
+        notes=notes,
     )
     (Path(out_dir) / "metrics.json").write_text(json.dumps(result.record(), indent=2) + "\n")
     return result
@@ -327,25 +344,34 @@ def _choose_data(examples: Sequence[Example], validation: Sequence[Example] | No
     return _Data(train_set, validation, scored_on)
 
 
-def _build_model(config: TrainingConfig, bio_labels: list[str], placement: Placement, frozen_layers: int):
-    """The base model with a new classifier head over ``bio_labels``, placed, its fixed parts frozen."""
-    from transformers import AutoModelForTokenClassification
+def _note(notes: list[str], text: str, warn: bool = False) -> None:
+    """Log what the run did to fit its base model (or could not do), and keep it for the result."""
+    notes.append(text)
+    (log.warning if warn else log.info)("base model: %s", text)
 
+
+def _build_model(config: TrainingConfig, base_config, bio_labels: list[str], placement: Placement):
+    """The base model with a classifier head over ``bio_labels`` (its own when it predicts exactly those, else a new
+    one) and what became of its head, placed; the fixed parts are frozen by the caller."""
     # The seed goes first: from_pretrained draws the new classifier head from torch's generator.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = AutoModelForTokenClassification.from_pretrained(
-        config.base_model,
-        num_labels=len(bio_labels),
-        id2label=dict(enumerate(bio_labels)),
-        label2id={tag: i for i, tag in enumerate(bio_labels)},
-    )
+    model, head = load_token_classifier(config.base_model, base_config, bio_labels)
     model.to(placement.device)
-    _freeze(model, config, frozen_layers)
     _set_dropout(model, config.dropout)
     if placement.device.type == "cpu":
         use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/model/dropout.py)
-    return model
+    return model, head
+
+
+def _window_length(model, config: TrainingConfig, notes: list[str]) -> int:
+    """``config.max_length``, or the base's position limit when that is shorter (backend/model/base_model.py)."""
+    limit = window_limit(model)
+    if limit is None or limit >= config.max_length:
+        return config.max_length
+    _note(notes, f"max_length {config.max_length} is longer than the {limit} positions the model has: windows of "
+                 f"{limit} subwords", warn=True)
+    return limit
 
 
 def _plan(config: TrainingConfig, windows: Sequence) -> _Plan:
@@ -360,7 +386,8 @@ def _plan(config: TrainingConfig, windows: Sequence) -> _Plan:
 
 
 def _fit(model, tokenizer, windows, window_labels, validation: list[Example], plan: _Plan, config: TrainingConfig,
-         placement: Placement, progress: Callable[[TrainingProgress], None] | None, started: float) -> _Fit:
+         placement: Placement, progress: Callable[[TrainingProgress], None] | None, started: float,
+         window_length: int) -> _Fit:
     """The epochs: optimizer steps over the planned batches, each epoch scored on ``validation`` (when there is
     one) and the best epoch's weights kept in memory and loaded back at the end; early stopping once past
     ``min_steps``."""
@@ -408,7 +435,7 @@ def _fit(model, tokenizer, windows, window_labels, validation: list[Example], pl
             record = {"epoch": epoch, "loss": loss_sum / max(loss_count, 1), "elapsed_s": time.perf_counter() - started}
             if validation:
                 predictor = Predictor(model, tokenizer, placement, batch_size=config.eval_batch_size,
-                                      max_length=config.max_length)
+                                      max_length=window_length)
                 scores = _score(predictor, validation)
                 record["f1"] = scores.overall.f1
                 if scores.overall.f1 > best_f1:
@@ -431,16 +458,22 @@ def _fit(model, tokenizer, windows, window_labels, validation: list[Example], pl
     return _Fit(history, best_epoch, best_scores, step, windows_seen, train_time)
 
 
-def _save(model, tokenizer, config: TrainingConfig, out_dir: Path) -> None:
-    """Weights (fp32, on the CPU), config.json with the label map, and the tokenizer, into ``out_dir``."""
+def _save(model, tokenizer, window_length: int, out_dir: Path, sample: Sequence[Sequence[str]]) -> None:
+    """Weights (fp32, on the CPU), config.json with the label map, and the tokenizer, into ``out_dir``; the saved
+    tokenizer must give the words of ``sample`` the subwords training gave them, or the version is not kept."""
+    from transformers import AutoTokenizer
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.device("cpu"), dtype=torch.float32)
     model.save_pretrained(out_dir)
     # The version predicts with the windows it was trained and scored on: a model fine-tuned on 128-subword windows
     # labels long texts worse in 512-subword ones (30-sentence documents: F1 0.59 vs 0.65 in 128).
-    tokenizer.model_max_length = config.max_length
+    tokenizer.model_max_length = window_length
     tokenizer.save_pretrained(out_dir)
+    if not same_subwords(tokenizer, AutoTokenizer.from_pretrained(out_dir), sample):
+        raise BaseModelError(f"the tokenizer saved in {out_dir} reads words unlike the one the model was trained "
+                             "with; the version would predict on other subwords than it learnt")
 
 
 def _score(predictor: Predictor, examples: Sequence[Example]) -> Scores:
