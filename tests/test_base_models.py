@@ -282,3 +282,23 @@ def test_the_command_line_shows_what_training_did_to_fit_the_base(matrix, tmp_pa
     err = capsys.readouterr().err
     assert "note: base model: its token-classification head of other labels (9: O, B-PER" in err
 
+
+def test_a_training_run_records_in_the_manifest_what_it_did_to_fit_the_base(matrix, tmp_path):
+    # the service's run from BASE_MODEL = a checkpoint with a CoNLL head: its manifest says the head was replaced
+    from backend.model.config import RecipeOverrides
+    from backend.serving.settings import Settings
+    from backend.serving.store import ModelStore
+    from backend.serving.training_run import train_project
+    from tests.service_fakes import FakeLabelStudio, annotated_task
+
+    base = matrix("distilbert-conll-head").base
+    texts = ["cheap thai pizza", "sushi is cheap", "thai sushi near me", "a cheap pizza place", "pizza tonight"] * 4
+    client = FakeLabelStudio([annotated_task(i + 1, text) for i, text in enumerate(texts)])
+    settings = Settings(model_dir=tmp_path / "models", base_model=str(base), report_to_label_studio=False,
+                        publish_predictions=False, training=RecipeOverrides.of(**{**RECIPE, "epochs": 1}))
+    store = ModelStore(settings.model_dir)
+    summary = train_project(settings, "3", client, store)
+    manifest = store.manifest("3", summary["version"])
+    assert manifest.started_from.startswith(f"base model {base}; its token-classification head of other labels (9:")
+    assert manifest.started_from == summary["started_from"]
+    assert manifest.settings["base_model_notes"] == [manifest.started_from.split("; ", 1)[1]]

@@ -161,6 +161,8 @@ def train_project(
         # its own with TRAIN_CARVE_FRACTION), so the candidate and the current model are compared on equal terms.
         result = train_fn(train_examples, schema.bio_labels, recipe, temporary, progress=on_progress)
         seconds = time.monotonic() - started
+        if recipe.base_model == config.base_model and getattr(result, "head", "new") != "new":
+            started_from = f"{started_from}; {result.head_note}"  # BASE_MODEL's own head: kept or replaced
         if Path(result.model_dir).resolve() != temporary.resolve():
             raise RuntimeError(f"training saved the model in {result.model_dir}, expected {temporary}")
 
@@ -178,7 +180,8 @@ def train_project(
             training_seconds=round(seconds, 1),
             settings={"training": _json_safe(asdict(recipe)), "validation_fraction": settings.validation_fraction,
                       "promote_if_not_worse": settings.promote_if_not_worse,
-                      "promotion_gate": settings.promotion_gate},
+                      "promotion_gate": settings.promotion_gate,
+                      "base_model_notes": list(getattr(result, "notes", []))},  # backend/model/base_model.py
             scores=scores,
             previous_version=previous[0] if previous else None,
             previous_scores=previous_scores,
