@@ -186,6 +186,9 @@ class LabelStudioServer:
             "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_HOST": self.url,
+            # loopback only: Label Studio reports errors to Sentry by default (seen trying, in the soak test)
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
         })
         return env
 

@@ -356,3 +356,16 @@ def test_tasks_without_the_field_the_config_reads_are_named_in_status_never_a_si
     body["tasks"] = [{"id": 1, "data": {"review": "cheap pizza"}}]
     assert len(client.post("/predict", json=body).json["results"][0]["result"]) == 2
     assert client.get("/status?project=3").json["projects"]["3"]["warnings"] == []
+
+
+def test_before_any_version_serves_each_task_gets_at_most_one_untrained_answer(settings):
+    """The soak test's finding: two of Label Studio's requests at once (two annotators opening one task, Retrieve
+    Predictions beside the stream) stored "untrained" twice on a task."""
+    client = _app(settings, ModelStore(settings.model_dir), FakeJobs())
+
+    def versions(tasks):
+        body = {"project": "3.1", "label_config": CONFIG, "tasks": tasks}
+        return [r["model_version"] if r else None for r in client.post("/predict", json=body).json["results"]]
+
+    assert versions([_ls_task(1), _ls_task(2, "untrained")]) == ["untrained", None]
+    assert versions([_ls_task(1), _ls_task(3)]) == [None, "untrained"]

@@ -282,19 +282,12 @@ class NerService:
         label_config = body.get("label_config") if isinstance(body.get("label_config"), str) else None
         schema = self._schema(project, label_config)
         model = self.models.serving(project, schema) if schema is not None else None
-        if model is None:
+        if model is None:  # no suggestions: still at most one answer of that name per task
             version = self.models.version_name(project, schema) if schema is not None else UNTRAINED
-            return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
+            return [{"result": [], "score": 0.0, "model_version": version} if ok else []
+                    for ok in self._to_answer(project, version, body, tasks)]
         self._check_data_key(project, schema, tasks)
-        answer = [not _holds(task, model.version) for task in tasks]
-        # only tasks as Label Studio stores them (they come with their "predictions"), never an interactive request
-        # (it carries a context and stores nothing)
-        params = body.get("params") if isinstance(body.get("params"), dict) else {}
-        stored = [ok and not params.get("context") and isinstance(task, dict)
-                  and isinstance(task.get("predictions"), list) for task, ok in zip(tasks, answer)]
-        claimed = self._answered.claim(project, model.version,
-                                       [task.get("id") if keep else None for task, keep in zip(tasks, stored)])
-        answer = [ok and fresh for ok, fresh in zip(answer, claimed)]
+        answer = self._to_answer(project, model.version, body, tasks)
         texts = [task_text(task, schema.data_key) for task, ok in zip(tasks, answer) if ok]
         with self._admission:  # Overloaded (503) when too many wait: they must not hold every server thread
             predictions = model.predict(texts) if texts else []
@@ -310,6 +303,19 @@ class NerService:
             results.append({"result": spans_to_results(prediction.spans, schema), "score": prediction.shown_score,
                             "model_version": model.version})
         return results
+
+    def _to_answer(self, project: str, version: str, body: dict, tasks: list) -> list[bool]:
+        """For each task, whether /predict answers it with ``version``: not when it holds that version already, nor
+        when another of Label Studio's requests got it moments ago (only tasks as Label Studio sends them to store
+        the answer, with their "predictions"; never an interactive request, which carries a context and stores
+        nothing)."""
+        answer = [not _holds(task, version) for task in tasks]
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        stored = [ok and not params.get("context") and isinstance(task, dict)
+                  and isinstance(task.get("predictions"), list) for task, ok in zip(tasks, answer)]
+        claimed = self._answered.claim(project, version,
+                                       [task.get("id") if keep else None for task, keep in zip(tasks, stored)])
+        return [ok and fresh for ok, fresh in zip(answer, claimed)]
 
     def _check_data_key(self, project: str, schema: LabelSchema, tasks: list) -> None:
         """Name it (log, /status) when the tasks lack the field the label config reads (``$text`` changed to
