@@ -33,7 +33,7 @@ from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, r
 
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
-from backend.model.predict import TASK_SCORES, task_score, whole_labelling  # noqa: E402
+from backend.model.predict import TASK_SCORES, doubt_score, whole_labelling  # noqa: E402
 from backend.serving.settings import Settings  # noqa: E402
 from backend.serving.training_run import rebase_due, warm_recipe  # noqa: E402
 
@@ -53,7 +53,7 @@ def shown_and_kept(gold: list[list[str]], shown: list[list[str]]) -> tuple[float
     return (hits / wanted if wanted else None), (hits / suggested if suggested else None)
 
 
-MEASURES = {"doubt": task_score, **TASK_SCORES}  # doubt: the task score the backend serves
+MEASURES = {"doubt": doubt_score, **TASK_SCORES}  # doubt: the task score the backend serves (its readable form)
 MC_PASSES = 5
 STRATEGIES = ["random", *MEASURES, "mc-dropout", "doubt-sampled"]
 

@@ -77,12 +77,21 @@ def test_scores_are_probabilities_and_the_text_score_is_the_probability_of_its_w
     (tags, confidences), = predictor.predict_words([[w.text for w in split_words(text)]])
     assert prediction.spans and all(0 < s.score <= 1 for s in prediction.spans)
     assert prediction.score == pytest.approx(math.prod(confidences))
-    assert prediction.shown_score == pytest.approx(prediction.score, rel=1e-3) and prediction.shown_score > 0
+    assert prediction.shown_score == pytest.approx(prediction.score ** 0.1, rel=1e-5) and prediction.shown_score > 0
 
 
-def test_the_shown_score_keeps_tiny_scores_apart():
-    assert TextPrediction([], 0.000012345).shown_score == 0.00001234 and TextPrediction([], 0.7).shown_score == 0.7
-    assert TextPrediction([], 0.000012345).shown_score > TextPrediction([], 0.000012).shown_score
+def test_the_shown_score_reads_as_a_per_word_probability_and_keeps_tiny_scores_apart():
+    assert TextPrediction([], 0.9 ** 10).shown_score == 0.9 and TextPrediction([], 1.0).shown_score == 1.0
+    assert TextPrediction([], 0.000012345).shown_score > TextPrediction([], 0.00001234).shown_score
+    assert TextPrediction([], 0.0).shown_score == 0.0
+
+
+@given(st.lists(st.floats(1e-12, 1.0), min_size=2, max_size=40))
+def test_the_shown_score_keeps_exactly_the_order_of_the_raw_score_apart_to_its_4_significant_digits(scores):
+    # the raw product was stored to 4 significant digits: tasks apart there stay apart, in the same order
+    raw = sorted({float(f"{s:.4g}") for s in scores})
+    shown = [TextPrediction([], s).shown_score for s in raw]
+    assert shown == sorted(shown) and len(set(shown)) == len(shown)
 
 
 @given(st.lists(st.floats(0.01, 1.0), max_size=30), st.floats(0.01, 0.99))

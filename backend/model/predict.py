@@ -25,7 +25,7 @@ class TextPrediction:
 
     Each span's score is the mean over its words of the probability of the word's label. The text's ``score`` is
     its ``task_score`` (1.0 for a text without words): a low score flags a text worth a human look (uncertainty
-    sampling).
+    sampling). ``shown_score`` is what Label Studio shows and sorts by: the same order, on a scale a person reads.
     """
 
     spans: list[Span]
@@ -33,9 +33,9 @@ class TextPrediction:
 
     @property
     def shown_score(self) -> float:
-        """The score as Label Studio stores and sorts it: 4 significant digits, so that the small products of long,
-        doubtful texts stay apart instead of all rounding to 0."""
-        return float(f"{self.score:.4g}")
+        """The score as Label Studio stores, shows and sorts it: ``readable_score`` of ``score``, to 6 significant
+        digits (finer than the 4 of the raw product it replaces, so no two tasks that were apart tie)."""
+        return float(f"{readable_score(self.score):.6g}")
 
 
 def least_certain_word(confidences: Sequence[float]) -> float:
@@ -58,6 +58,23 @@ def task_score(confidences: Sequence[float]) -> float:
     (bench/README.md) the tasks it puts first taught the model more per annotation than the least certain word's
     or a random order."""
     return whole_labelling(confidences)
+
+
+# The doubt score's scale: the whole labelling's probability as the per-word probability of a text of this many
+# words. On the stand-in model and the tiny one, most tasks fall between 0.05 and 0.95 (README, "The doubt score").
+READABLE_WORDS = 10
+
+
+def readable_score(score: float) -> float:
+    """``score`` (the whole labelling's probability) ** (1 / READABLE_WORDS): a monotone transform, so tasks keep
+    exactly their order, on a scale a person reads. 0.9 reads "as sure as of every word of a ten-word sentence at
+    90%"; a twenty-word sentence at 90% a word scores 0.81. Lower means more doubt."""
+    return max(0.0, score) ** (1.0 / READABLE_WORDS)
+
+
+def doubt_score(confidences: Sequence[float]) -> float:
+    """The number the backend serves for a text (before its 6-digit rounding): ``readable_score`` of ``task_score``."""
+    return readable_score(task_score(confidences))
 
 
 def _labels_of(config) -> list[str]:
