@@ -296,12 +296,28 @@ def test_a_press_after_a_version_that_was_not_promoted_does_not_train_the_same_d
 def test_the_model_card_title_tells_the_state_of_each_run(settings):
     client = FakeLabelStudio(_tasks())
     _train(settings, client, FakeTraining(candidate_f1=0.8))
-    assert client.titles == ["NER · training 0%", "NER · training 100%", "NER · v1 serving · F1 0.800"]
+    assert client.titles == ["NER · fetching the annotated tasks", "NER · training 0%",
+                             "NER · training 100% (step 1/1)", "NER · training 100% · evaluating",
+                             "NER · v1 serving · F1 0.800"]
     _train(settings, client, FakeTraining(candidate_f1=0.5, current_f1=0.8))
-    assert client.titles[-1] == "NER · v2 kept v1 (F1 0.500 < 0.800)"
+    assert client.titles[-2] == "NER · training 100% · evaluating against v1"
+    # the serving version and its F1 first, the candidate kept out second
+    assert client.titles[-1] == "NER · v1 serving · F1 0.800 on v2's validation tasks · v2 kept out: F1 0.500"
     store = ModelStore(settings.model_dir)
     train_project(settings, "3", client, store, train_fn=FakeTraining().train, evaluate_fn=FakeTraining().evaluate)
     assert client.titles[-1] == "NER · v1 serving · nothing new"
+
+
+def test_the_card_shows_training_progress_at_every_5_percent_of_the_steps(settings):
+    from backend.serving.training_run import Card
+
+    client = FakeLabelStudio(_tasks())
+    card = Card(settings, client, 3)
+    for step in range(305):
+        card.training(step, 304)
+    percents = [int(title.split("training ")[1].split("%")[0]) for title in client.titles]
+    assert percents == list(range(0, 101, 5)), client.titles
+    assert client.titles[7] == "NER · training 35% (step 107/304)"
 
 
 def test_a_failed_run_says_so_on_the_model_card(settings, monkeypatch):

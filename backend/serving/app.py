@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.serving.batching import Overloaded
+from backend.serving.public import redact, redact_paths
 from backend.serving.service import NerService, RequestError
 from backend.serving.settings import Settings
 
@@ -35,7 +36,7 @@ def _service() -> NerService:
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
-    return jsonify({"error": message}), status
+    return jsonify({"error": redact_paths(message)}), status
 
 
 # How deep a request body may nest (arrays and objects; the outermost counts 1). Label Studio's bodies are shallow:
@@ -126,12 +127,12 @@ def _check_basic_auth():
 @bp.get("/health")
 @public
 def health():
-    return jsonify(_service().health())
+    return jsonify(redact(_service().health()))
 
 
 @bp.post("/setup")
 def setup():
-    return jsonify(_service().setup(_json_body()))
+    return jsonify(redact(_service().setup(_json_body())))
 
 
 @bp.post("/predict")
@@ -155,7 +156,8 @@ def webhook():
     outcome = _service().handle_webhook(body)
     if outcome.project is not None:
         log.info("webhook %s for project %s: %s", outcome.action, outcome.project, outcome.decision)
-    return jsonify({"status": "ok", "action": outcome.action, "project": outcome.project, "decision": outcome.decision})
+    return jsonify(redact({"status": "ok", "action": outcome.action, "project": outcome.project,
+                           "decision": outcome.decision}))
 
 
 @bp.get("/versions")
@@ -167,13 +169,13 @@ def versions():
         body = _json_body_or_none()
         project = body.get("project") if isinstance(body, dict) else None
     if project is None:
-        return jsonify(_service().all_versions())
-    return jsonify(_service().versions(project))
+        return jsonify(redact(_service().all_versions()))
+    return jsonify(redact(_service().versions(project)))
 
 
 @bp.get("/status")
 def status():
-    return jsonify(_service().status(request.args.get("project")))
+    return jsonify(redact(_service().status(request.args.get("project"))))
 
 
 @bp.get("/report")
@@ -181,7 +183,7 @@ def report():
     project = request.args.get("project")
     if project is None:
         raise RequestError("name the project: GET /report?project=<id>")
-    return Response(_service().report(project), mimetype="text/html")
+    return Response(redact_paths(_service().report(project)), mimetype="text/html")
 
 
 def _handle_request_error(error: RequestError):

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 from backend.data.suggestions import OUTCOMES
 from backend.model.metrics import EntityScore, F1Difference, Scores
 from backend.serving.labelstudio import REPORT_END, REPORT_START
+from backend.serving.public import display_name
 from backend.serving.store import Manifest
 
 
@@ -68,18 +69,36 @@ def _table(manifest: Manifest) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+RELOAD_NOTE = ("<p>A run's progress (fetching, training in steps of 5%, evaluating, publishing) shows on the "
+               "backend's card under Settings → Model; reload that page to see it move.</p>")
+
+
+def _headline(manifest: Manifest) -> tuple[str, str]:
+    """The serving version and its F1 first; a candidate kept out second, worded as such. Each version's F1 is the
+    one measured on this run's validation tasks, and says so when the version was trained before this run."""
+    tasks = f"on this run's {manifest.validation_size} validation tasks"
+    if manifest.promoted or not manifest.previous_version:
+        lead = f"<h3>NER model {escape(manifest.version)} serving: F1 {_number(manifest.f1)}</h3>"
+        before = (f" Before: {escape(manifest.previous_version)}, F1 {_number(manifest.previous_f1)} {tasks}."
+                  if manifest.previous_version else "")
+        return lead, before
+    lead = (f"<h3>NER model {escape(manifest.previous_version)} serving: F1 {_number(manifest.previous_f1)} "
+            f"{tasks}</h3>")
+    kept = (f" Candidate {escape(manifest.version)}, kept out: F1 {_number(manifest.f1)} on the same validation "
+            "tasks.")
+    return lead, kept
+
+
 def instruction_block(manifest: Manifest) -> str:
-    """The HTML block written into the project's instructions after a successful training run."""
-    previous = ""
-    if manifest.previous_version:
-        previous = (f" Before: {escape(manifest.previous_version)} with F1 {_number(manifest.previous_f1)} "
-                    "on the same validation tasks.")
+    """The HTML block written into the project's instructions after a successful training run: the serving version
+    and its F1 lead, a candidate kept out comes second."""
+    lead, other = _headline(manifest)
     return (
-        f"{REPORT_START}<h3>NER model {escape(manifest.version)}: F1 {_number(manifest.f1)}</h3>"
-        f"<p>Trained {escape(manifest.created_at)} on {manifest.train_size} tasks, validated on "
-        f"{manifest.validation_size} tasks, in {manifest.training_seconds:.0f} s; "
-        f"<b>{_decision(manifest)}</b>.{previous}</p>{_comparison(manifest)}{_kept(manifest)}"
-        f"{_table(manifest)}{REPORT_END}"
+        f"{REPORT_START}{lead}"
+        f"<p>Latest run: {escape(manifest.version)}, trained {escape(manifest.created_at)} on {manifest.train_size} "
+        f"tasks, validated on {manifest.validation_size} tasks, in {manifest.training_seconds:.0f} s; "
+        f"<b>{_decision(manifest)}</b>.{other}</p>{_comparison(manifest)}{_kept(manifest)}"
+        f"{_table(manifest)}{RELOAD_NOTE}{REPORT_END}"
     )
 
 
@@ -88,7 +107,7 @@ def failure_block(error: str, serving: str | None, when: str) -> str:
     return (
         f"{REPORT_START}<h3>NER model training failed</h3>"
         f"<p>{escape(when)}: {escape(error)}</p>"
-        f"<p>Serving: {escape(serving or 'no model yet')}.</p>{REPORT_END}"
+        f"<p>Serving: {escape(serving or 'no model yet')}.</p>{RELOAD_NOTE}{REPORT_END}"
     )
 
 
@@ -107,8 +126,9 @@ def failure_description(error: str, serving: str | None, when: str) -> str:
 
 
 def outcome_title(summary: dict[str, Any]) -> str:
-    """The card's title after a run: what serves now and why (with the F1 difference's interval when there is
-    one, e.g. ``NER · v3 kept v2 (F1 0.689 < 0.699; ΔF1 -0.041, 90% -0.070 to -0.012)``)."""
+    """The card's title after a run: the serving version and its F1 first, a candidate kept out second (with the F1
+    difference's interval when there is one, e.g. ``NER · v2 serving · F1 0.699 on v3's validation tasks · v3 kept
+    out: F1 0.689; ΔF1 -0.041, 90% -0.070 to -0.012``)."""
     f1 = summary.get("f1")
     scored = f" · F1 {f1:.3f}" if isinstance(f1, float) else ""
     difference = _difference_of(summary)
@@ -116,10 +136,12 @@ def outcome_title(summary: dict[str, Any]) -> str:
         return f"NER · {summary.get('previous_version') or 'no model'} serving · nothing new"
     if summary.get("promoted"):
         return f"NER · {summary['version']} serving{scored}" + (f" · {difference.text()}" if difference else "")
-    previous_f1 = summary.get("previous_f1")
-    why = f"F1 {f1:.3f} < {previous_f1:.3f}" if isinstance(f1, float) and isinstance(previous_f1, float) else ""
-    why += f"; {difference.text()}" if difference and why else ""
-    return f"NER · {summary['version']} kept {summary.get('previous_version')}" + (f" ({why})" if why else "")
+    version, previous_f1 = summary["version"], summary.get("previous_f1")
+    serving = f"NER · {summary.get('previous_version')} serving"
+    if isinstance(previous_f1, float):
+        serving += f" · F1 {previous_f1:.3f} on {version}'s validation tasks"
+    kept = f" · {version} kept out" + (f": F1 {f1:.3f}" if isinstance(f1, float) else "")
+    return serving + kept + (f"; {difference.text()}" if difference and isinstance(f1, float) else "")
 
 
 def _difference_of(summary: dict[str, Any]) -> F1Difference | None:
@@ -245,7 +267,8 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
     parts.append(f"<h2>Latest run: {escape(latest.version)} (F1 {_number(latest.f1)}, "
                  f"{escape(_decision(latest, current, promoted))})</h2>")
     parts.append(f"<p class='muted'>{latest.train_size} training and {latest.validation_size} validation tasks, "
-                 f"{latest.training_seconds:.0f} s, base model {escape(latest.base_model)}, {escape(latest.created_at)}."
+                 f"{latest.training_seconds:.0f} s, base model {escape(display_name(latest.base_model))}, "
+                 f"{escape(latest.created_at)}."
                  " Blue: F1 of this version; grey: F1 of the model serving before, on the same validation tasks.</p>")
     parts.append(f"<p>{escape(latest.decision)}</p>{_comparison(latest)}")
     parts.append(_bars(latest))

@@ -19,10 +19,12 @@ from backend.data.spans import ConversionReport, Example, has_entities
 from backend.data.splits import split_examples
 from backend.data.suggestions import suggestion_outcomes
 from backend.data.tasks import choose_annotation
+from backend.model.library_noise import quiet_expected_load_reports
 from backend.model.metrics import Scores, f1_difference
 from backend.serving.jobs import PUBLISH, ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
+from backend.serving.public import display_name, redact_paths
 from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
 from backend.serving.settings import Settings
 from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
@@ -55,6 +57,7 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [training] %(name)s: %(message)s")
     # the SDK's client logs every request, including the 404 that ends its paging; keep only problems
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_expected_load_reports()  # a base's new head is expected: one info line, not a warning table a run
     store = ModelStore(settings.model_dir)
     client = _client(settings, payload)
     if payload.get("action") == PUBLISH:
@@ -120,6 +123,7 @@ def train_project(
     card = Card(settings, client, project_number)
 
     progress("fetching")
+    card.show("NER · fetching the annotated tasks")
     schema = parse_label_config(client.label_config(project_number))
     tasks = client.annotated_tasks(project_number)
     keyed = _convert(project, tasks, schema)
@@ -168,6 +172,7 @@ def train_project(
 
         progress("evaluating")
         previous = _previous_model(settings, store, project, schema)
+        card.show("NER · training 100% · evaluating" + (f" against {previous[0]}" if previous else ""))
         scores, previous_scores = _evaluate_both(project, temporary, previous, validation_examples, evaluate_fn)
         manifest = Manifest(
             project=project,
@@ -332,7 +337,7 @@ class Card:
             return
         self.shown = title
         try:
-            self.client.write_ml_title(self.project, title[:TITLE_LENGTH], self.settings.backend_url)
+            self.client.write_ml_title(self.project, redact_paths(title)[:TITLE_LENGTH], self.settings.backend_url)
         except Exception as error:  # noqa: BLE001
             log.warning("project %s: could not update the model card's title: %s", self.project, error)
 
@@ -342,9 +347,17 @@ class Card:
             self._progress_at = time.monotonic()
             self.show(title)
 
+    PROGRESS_PERCENT = 5  # the training title moves in steps of this many percent of the run's steps
+
     def training(self, step: int, total_steps: int) -> None:
-        quarter = 4 * step // total_steps if total_steps else 0
-        self.show(f"NER · training {25 * quarter}%")
+        """``NER · training 35% (step 106/304)``, written when the percentage crosses a multiple of
+        ``PROGRESS_PERCENT`` (each write is one request; at most 100 / PROGRESS_PERCENT + 1 of them a run)."""
+        if not total_steps:
+            self.show("NER · training 0%")
+            return
+        percent = self.PROGRESS_PERCENT * (100 * step // total_steps // self.PROGRESS_PERCENT)
+        if self.shown is None or not self.shown.startswith(f"NER · training {percent}%"):
+            self.show(f"NER · training {percent}% (step {step}/{total_steps})")
 
 
 def _convert(project: str, tasks: list[dict], schema: LabelSchema) -> list[tuple[Any, Example]]:
@@ -392,7 +405,7 @@ def _starting_point(settings: Settings, store: ModelStore, project: str, schema:
     exactly the project's BIO labels and its line has not grown WARM_START_REBASE_GROWTH times since it last
     started from the base model (``rebase_due``); otherwise the run starts from the base model (also with no
     version yet, or WARM_START off)."""
-    base = f"base model {config.base_model}"
+    base = f"base model {display_name(config.base_model)}"
     current = store.current(project)
     if not settings.warm_start or current is None:
         return config, base, train_size
@@ -473,9 +486,9 @@ def _json_safe(data: dict) -> dict:
 def _report_back(settings: Settings, client: ProjectClient, project: int, block: str, description: str) -> str | None:
     """Write the scores into the project; a failure is returned (for /status) and logged, never raised: the version
     is already kept."""
-    try:
-        client.write_instruction_block(project, block)
-        client.write_ml_description(project, description, settings.backend_url)
+    try:  # no server path reaches annotators (a base model's folder, MODEL_DIR in an error)
+        client.write_instruction_block(project, redact_paths(block))
+        client.write_ml_description(project, redact_paths(description), settings.backend_url)
     except Exception as error:  # noqa: BLE001
         log.warning("project %s: could not write the report into Label Studio: %s", project, error)
         return f"{type(error).__name__}: {error}"
