@@ -128,7 +128,8 @@ def test_a_candidate_worse_beyond_noise_is_kept_out_and_the_card_says_why(settin
     assert not summary["promoted"] and store.current("3") == "v1"
     assert "worse beyond noise" in summary["decision"]
     title = client.titles[-1]
-    assert title.startswith("NER · v2 kept v1 (F1 ") and "ΔF1 -" in title and "90%" in title
+    assert title.startswith("NER · v1 serving · F1 ") and " · v2 kept out: F1 " in title
+    assert "ΔF1 -" in title and "90%" in title
 
 
 def test_the_strict_gate_keeps_the_serving_version_for_any_lower_f1(settings):

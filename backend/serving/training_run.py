@@ -24,7 +24,7 @@ from backend.model.metrics import Scores, f1_difference
 from backend.serving.jobs import PUBLISH, ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
-from backend.serving.public import display_name, redact_paths
+from backend.serving.public import redact_paths
 from backend.serving.report import failure_block, failure_description, instruction_block, ml_description, outcome_title
 from backend.serving.settings import Settings
 from backend.serving.store import Manifest, ModelStore, model_labels, utc_now
@@ -405,7 +405,7 @@ def _starting_point(settings: Settings, store: ModelStore, project: str, schema:
     exactly the project's BIO labels and its line has not grown WARM_START_REBASE_GROWTH times since it last
     started from the base model (``rebase_due``); otherwise the run starts from the base model (also with no
     version yet, or WARM_START off)."""
-    base = f"base model {display_name(config.base_model)}"
+    base = f"base model {config.base_model}"  # a folder shows by its name (public.redact_paths) wherever written
     current = store.current(project)
     if not settings.warm_start or current is None:
         return config, base, train_size
