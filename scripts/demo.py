@@ -23,12 +23,15 @@ if str(REPO_ROOT) not in sys.path:  # run as `python scripts/demo.py`: make `scr
     sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.scenario import (  # noqa: E402
+    DOUBT_FIRST,
+    PREDICTION_COLUMNS,
     backend_status,
     connect_backend,
     create_project,
     examples_to_tasks,
     import_tasks,
     read_label_config,
+    show_columns,
     start_training,
     text_tasks,
 )
@@ -124,6 +127,16 @@ def import_demo_data(ls, project_id: int, label_config: str, args: argparse.Name
     import_tasks(ls, project_id, text_tasks(reviews + extra_texts))
     print(f"  imported {len(annotated)} annotated tasks ({source}) and "
           f"{len(reviews) + len(extra_texts)} unlabelled ones")
+
+
+def doubt_first_view(ls_url: str, token: str, project_id: int) -> None:
+    """The Data Manager opens with the prediction columns shown (Label Studio hides them by default) and sorted by
+    Prediction score, lowest first: the tasks the model doubts most on top. Set once, when the project is created;
+    a lead's own changes to the view are kept on later runs."""
+    try:
+        show_columns(ls_url, token, project_id, PREDICTION_COLUMNS, ordering=DOUBT_FIRST)
+    except OSError as error:  # not fatal: the columns can be shown by hand under Columns
+        print(f"  could not show the Prediction score column ({error.__class__.__name__}); show it under Columns")
 
 
 def find_project(ls) -> int | None:
@@ -226,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             project_id = create_project(ls, PROJECT_TITLE, label_config, instruction=INSTRUCTION)
             print(f"Created project {project_id} '{PROJECT_TITLE}' with label_config/restaurant.xml")
             import_demo_data(ls, project_id, label_config, args)
+            doubt_first_view(label_studio.url, credentials.token, project_id)
         else:
             print(f"Reusing project {project_id} '{PROJECT_TITLE}' from {data_dir}")
         ml_id = ensure_backend_connected(ls, project_id, backend.url)

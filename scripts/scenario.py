@@ -4,9 +4,11 @@ Shared by the demo (`scripts/demo.py`), the latency measurement (`scripts/measur
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -221,6 +223,72 @@ class LatencyProbe:
                     break
                 self.call(endpoint)
                 self._stop.wait(self.pause_s)
+
+
+# --- the Data Manager's saved view: which columns show, in which order ------------------------------------------
+# Column ids as label_studio/data_manager/functions.py names them (the frontend prefixes the target "tasks:").
+ID = "tasks:id"
+TOTAL_PREDICTIONS = "tasks:total_predictions"  # header "Predictions" (drawn as an icon)
+PREDICTION_SCORE = "tasks:predictions_score"  # header "Prediction score", hidden by default
+PREDICTION_MODEL_VERSIONS = "tasks:predictions_model_versions"  # "Prediction model versions", hidden by default
+PREDICTION_COLUMNS = (TOTAL_PREDICTIONS, PREDICTION_SCORE, PREDICTION_MODEL_VERSIONS)
+DOUBT_FIRST = [PREDICTION_SCORE]  # ascending: the lowest score (the most doubt) first
+
+
+def ls_api(url: str, token: str, method: str = "GET", body: dict | None = None) -> object:
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = response.read().decode("utf-8")
+    return json.loads(payload) if payload.strip() else {}
+
+
+def _default_hidden(ls_url: str, token: str, project_id: int) -> dict[str, list[str]]:
+    """What the frontend hides in a new view: every column whose visibility_defaults say so (store.js fetchColumns)."""
+    columns = ls_api(f"{ls_url}/api/dm/columns?project={project_id}", token)["columns"]
+    by_id = {column["id"]: column for column in columns}
+
+    def path(column: dict) -> str:
+        parent = by_id.get(column.get("parent")) if column.get("parent") else None
+        return f"{path(parent)}.{column['id']}" if parent else column["id"]
+
+    hidden: dict[str, list[str]] = {"explore": [], "labeling": []}
+    for column in columns:
+        for mode, visible in (column.get("visibility_defaults") or {}).items():
+            if not visible:
+                hidden.setdefault(mode, []).append(f"{column['target']}:{path(column)}")
+    return hidden
+
+
+def show_columns(ls_url: str, token: str, project_id: int, columns: Iterable[str] = PREDICTION_COLUMNS,
+                 ordering: Sequence[str] = ()) -> list[int]:
+    """Un-hide ``columns`` (Data Manager column ids) in every saved view of the project; returns the view ids.
+
+    A project whose Data Manager was never opened has no view yet: one is created, with the defaults the frontend
+    would give it minus ``columns``. ``ordering`` (e.g. ``["-tasks:id"]``) sets the table's sort order.
+    """
+    wanted = set(columns)
+    views = ls_api(f"{ls_url}/api/dm/views?project={project_id}", token)
+    if not views:
+        views = [ls_api(f"{ls_url}/api/dm/views", token, "POST", {
+            "project": project_id,
+            "data": {"title": "Default", "type": "list", "target": "tasks",
+                     "hiddenColumns": _default_hidden(ls_url, token, project_id),
+                     "filters": {"conjunction": "and", "items": []}},
+        })]
+    ids = []
+    for view in views:
+        data = dict(view.get("data") or {})
+        hidden = data.get("hiddenColumns") or {}
+        data["hiddenColumns"] = {mode: [c for c in cols if c not in wanted] for mode, cols in hidden.items()}
+        if ordering:
+            data["ordering"] = list(ordering)
+        data.setdefault("filters", {"conjunction": "and", "items": []})
+        ls_api(f"{ls_url}/api/dm/views/{view['id']}", token, "PATCH", {"project": project_id, "data": data})
+        ids.append(int(view["id"]))
+    return ids
+
 
 
 def read_label_config(path: Path = RESTAURANT_CONFIG) -> str:

@@ -2,9 +2,10 @@
 
 The scenario runs once (module fixture) in a project of its own: 60 annotated + 10 unlabelled tasks, the backend
 connected; half of the unlabelled tasks get predictions from the version before training ("Retrieve Predictions"),
-the lead presses Start Training, a version is promoted. Then a browser logs in, reads the Data Manager (with its
-prediction columns shown) and opens two unlabelled tasks: one that never had a prediction and one that holds the
-old version's. Each test states one thing a person relies on; every step leaves a full-page screenshot (the folder is
+the lead presses Start Training, a version is promoted. Then a browser logs in, reads the Data Manager (its prediction
+columns shown, sorted doubt-first, as the demo opens it) and opens two unlabelled tasks: one that never had a prediction
+and one that holds the old version's. Last, every training task's labels are made wrong and Start Training is pressed
+again: that candidate is kept out, and what the backend wrote into Label Studio is read back. Each test states one thing a person relies on; every step leaves a full-page screenshot (the folder is
 printed as ``screenshots: <path>``; env SCREENSHOT_DIR chooses it).
 
 Two of them hold because the backend publishes each promoted version's predictions into Label Studio and makes it
@@ -32,7 +33,10 @@ from scripts.scenario import (
     text_tasks,
     wait_until,
 )
+from scripts.scenario import DOUBT_FIRST, ls_api
+from scripts.demo import doubt_first_view
 from scripts.stack import post_json
+from backend.serving.public import ABSOLUTE_PATH
 from tests.helpers.browser import (
     PREDICTION_COLUMNS,
     PREDICTION_MODEL_VERSIONS,
@@ -45,7 +49,6 @@ from tests.helpers.browser import (
     entity_tabs,
     region_list,
     screenshot_dir,
-    show_columns,
     table_columns,
     table_rows,
     table_total,
@@ -88,6 +91,9 @@ class Seen:
     stale: OpenedTask | None = None  # an unlabelled task that held the old version's prediction
     shots: list[Path] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    view_ordering: list[str] = field(default_factory=list)  # the saved view's sort order, read back
+    kept_out: dict = field(default_factory=dict)  # the second run's summary (/status last_result)
+    written: dict[str, str] = field(default_factory=dict)  # every text the backend wrote into Label Studio, by place
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +170,8 @@ def seen(browser_available, label_studio, ml_backend, screenshots) -> Seen:
     fresh_id = max(late, key=lambda task_id: len(expected[task_id]["result"]))
     stale_id = max(early, key=lambda task_id: len(expected[task_id]["result"]))
 
-    # the prediction columns are hidden by default; newest tasks (the unlabelled ones) first
-    show_columns(label_studio.url, label_studio.token, project_id, PREDICTION_COLUMNS, ordering=["-tasks:id"])
+    # the prediction columns are hidden by default: shown, and sorted doubt-first, as the demo opens its project
+    doubt_first_view(label_studio.url, label_studio.token, project_id)
     result = Seen(project_id=project_id, task_ids=task_ids, unlabelled=unlabelled, early=early,
                   version_before=version_before, serving_version=serving)
     with LabelStudioBrowser(label_studio.url, label_studio.email, label_studio.password, screenshots) as browser:
@@ -179,9 +185,50 @@ def seen(browser_available, label_studio, ml_backend, screenshots) -> Seen:
         result.fresh = _open(browser, project_id, fresh_id, unlabelled[fresh_id], expected[fresh_id])
         result.stale = _open(browser, project_id, stale_id, unlabelled[stale_id], expected[stale_id])
         result.shots = list(browser.shots)
+    views = ls_api(f"{label_studio.url}/api/dm/views?project={project_id}", label_studio.token)
+    result.view_ordering = list((views[0].get("data") or {}).get("ordering") or []) if views else []
+
+    # a candidate that must be kept out: every training task's spans get the wrong label (validation tasks untouched)
+    _mislabel_training_tasks(ls, project_id, task_ids[:N_ANNOTATED])
+    start_training(ls, ml_id)
+    wait_until(lambda: (lambda s: s.runs_finished >= 2 and not s.running and not s.pending)(status()),
+               TRAINING_TIMEOUT_S, "the second training run to finish")
+    second = status()
+    assert second.last_error is None, f"the second run failed: {second.last_error}"
+    result.kept_out = second.raw.get("last_result") or {}
+    result.written = _written_by_the_backend(ls, project_id)
     result.timings = {"to_promoted_s": round(trained_s, 1), "total_s": round(time.monotonic() - started, 1)}
     print(f"\nbrowser scenario: {result.timings}; screenshots: {[str(p) for p in result.shots]}")
     return result
+
+
+def _mislabel_training_tasks(ls, project_id: int, annotated: list[int]) -> None:
+    """Every span of the annotated tasks the backend trains on (not its validation tasks) relabelled wrong."""
+    from backend.data.splits import split_examples
+    from backend.serving.settings import Settings
+    from tests.helpers.synthetic import LABELS
+
+    train, _ = split_examples([(task_id, task_id) for task_id in annotated], Settings.validation_fraction)
+    wrong = {label: LABELS[(i + 1) % len(LABELS)] for i, label in enumerate(LABELS)}
+    for task_id in train:
+        for annotation in ls.annotations.list(id=task_id):
+            result = [{**r, "value": {**r["value"], "labels": [wrong[r["value"]["labels"][0]]]}}
+                      for r in annotation.result or []]
+            ls.annotations.update(id=annotation.id, result=result)
+
+
+def _written_by_the_backend(ls, project_id: int) -> dict[str, str]:
+    """The project's instructions, the ML record's title and description, the model version and every
+    prediction's model version: all the text the backend writes into Label Studio."""
+    project = ls.projects.get(id=project_id)
+    written = {"instructions": project.expert_instruction or "", "project model_version": project.model_version or ""}
+    for record in ls.ml.list(project=project_id):
+        written[f"ml {record.id} title"] = record.title or ""
+        written[f"ml {record.id} description"] = record.description or ""
+    versions = {p.model_version or "" for task in ls.tasks.list(project=project_id) for p in ls.predictions.list(
+        task=task.id)}
+    written["prediction model versions"] = " ".join(sorted(versions))
+    return written
 
 
 # --- the Data Manager --------------------------------------------------------------------------------------------
@@ -263,3 +310,39 @@ def test_an_unlabelled_task_opened_from_the_data_manager_shows_the_new_versions_
     assert any(tab.prediction and tab.names(seen.serving_version) for tab in opened.tabs), (
         f"no prediction of {seen.serving_version} among {opened.tabs} ({opened.screenshot})")
     assert opened.spans == opened.expected, f"shown {opened.spans}, new version {opened.expected} ({opened.screenshot})"
+
+
+# --- what annotators and leads read (issue 31) --------------------------------------------------------------------
+def test_the_prediction_score_column_is_shown_sorted_doubt_first_with_readable_values(seen):
+    headers = {column_id: title for column_id, title in seen.columns if column_id}
+    assert headers.get(PREDICTION_SCORE) == "Prediction score", headers
+    assert seen.view_ordering == DOUBT_FIRST
+    scores = [seen.rows[task_id].score_value() for task_id in seen.unlabelled]
+    assert all(score is not None and 0.05 < score < 0.95 for score in scores), f"{scores} ({seen.shots[1]})"
+    assert len(set(scores)) > 1, f"every task shows the same score: {scores}"
+
+
+def test_the_task_tab_shows_the_same_score_as_the_data_manager(seen):
+    for opened in (seen.fresh, seen.stale):
+        tab = next(tab for tab in opened.tabs if tab.prediction and tab.names(seen.serving_version))
+        assert tab.score.startswith("Prediction score = "), f"{opened.tabs} ({opened.screenshot})"
+        shown = seen.rows[opened.task_id].score_value()
+        # the Data Manager rounds the stored number to 3 decimals, the tab's title shows it whole
+        assert shown == pytest.approx(float(tab.score.split("=")[1]), abs=5e-4), (tab, shown, opened.screenshot)
+
+
+def test_the_instructions_lead_with_the_serving_version_after_a_run_that_was_kept_out(seen):
+    result = seen.kept_out
+    assert result.get("version") and not result.get("promoted"), f"the candidate was not kept out: {result}"
+    block = seen.written["instructions"]
+    heading = block[block.index("<h3>"):block.index("</h3>")]
+    assert heading.startswith(f"<h3>NER model {seen.serving_version} serving: F1 "), block
+    assert f"Candidate {result['version']}, kept out" in block and "reload" in block
+    assert block.index(seen.serving_version) < block.index(result["version"])
+    titles = [text for place, text in seen.written.items() if place.endswith("title")]
+    assert any(t.startswith(f"NER · {seen.serving_version} serving") and "kept out" in t for t in titles), titles
+
+
+def test_no_text_the_backend_wrote_into_label_studio_names_a_server_path(seen):
+    for place, text in seen.written.items():
+        assert not ABSOLUTE_PATH.search(text), f"{place}: {ABSOLUTE_PATH.search(text).group(0)!r} in {text!r}"

@@ -21,14 +21,11 @@ the annotation/prediction tabs ``.lsf-annotation-button`` (a prediction's has ``
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 CHROMIUM_PATH = Path(os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium")
 # As Chromium is run on this machine: no sandbox (root in a container), no GPU, nothing that calls home.
@@ -38,12 +35,10 @@ LAUNCH_ARGS = (
 )
 VIEWPORT = {"width": 1600, "height": 1000}
 
-# Data Manager column ids (label_studio/data_manager/functions.py; the frontend prefixes the target "tasks:").
-ID = "tasks:id"
-TOTAL_PREDICTIONS = "tasks:total_predictions"  # header "Predictions" (drawn as an icon)
-PREDICTION_SCORE = "tasks:predictions_score"  # header "Prediction score", hidden by default
-PREDICTION_MODEL_VERSIONS = "tasks:predictions_model_versions"  # "Prediction model versions", hidden by default
-PREDICTION_COLUMNS = (TOTAL_PREDICTIONS, PREDICTION_SCORE, PREDICTION_MODEL_VERSIONS)
+# Data Manager column ids, and un-hiding them in the project's saved view: scripts/scenario.py (the demo does it too)
+from scripts.scenario import (  # noqa: E402, F401 (show_columns and PREDICTION_COLUMNS: the tests import them here)
+    ID, PREDICTION_COLUMNS, PREDICTION_MODEL_VERSIONS, PREDICTION_SCORE, TOTAL_PREDICTIONS, ls_api as _api, show_columns,
+)
 
 
 # --- availability and where screenshots go ---------------------------------------------------------------------
@@ -76,62 +71,6 @@ def screenshot_dir(tmp_path_factory=None) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="screenshots-"))
     print(f"screenshots: {folder}", flush=True)
     return folder
-
-
-# --- the Data Manager's saved view (which columns show) ----------------------------------------------------------
-def _api(url: str, token: str, method: str = "GET", body: dict | None = None) -> object:
-    data = json.dumps(body).encode("utf-8") if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Token {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        payload = response.read().decode("utf-8")
-    return json.loads(payload) if payload.strip() else {}
-
-
-def _default_hidden(ls_url: str, token: str, project_id: int) -> dict[str, list[str]]:
-    """What the frontend hides in a new view: every column whose visibility_defaults say so (store.js fetchColumns)."""
-    columns = _api(f"{ls_url}/api/dm/columns?project={project_id}", token)["columns"]
-    by_id = {column["id"]: column for column in columns}
-
-    def path(column: dict) -> str:
-        parent = by_id.get(column.get("parent")) if column.get("parent") else None
-        return f"{path(parent)}.{column['id']}" if parent else column["id"]
-
-    hidden: dict[str, list[str]] = {"explore": [], "labeling": []}
-    for column in columns:
-        for mode, visible in (column.get("visibility_defaults") or {}).items():
-            if not visible:
-                hidden.setdefault(mode, []).append(f"{column['target']}:{path(column)}")
-    return hidden
-
-
-def show_columns(ls_url: str, token: str, project_id: int, columns: Iterable[str] = PREDICTION_COLUMNS,
-                 ordering: Sequence[str] = ()) -> list[int]:
-    """Un-hide ``columns`` (Data Manager column ids) in every saved view of the project; returns the view ids.
-
-    A project whose Data Manager was never opened has no view yet: one is created, with the defaults the frontend
-    would give it minus ``columns``. ``ordering`` (e.g. ``["-tasks:id"]``) sets the table's sort order.
-    """
-    wanted = set(columns)
-    views = _api(f"{ls_url}/api/dm/views?project={project_id}", token)
-    if not views:
-        views = [_api(f"{ls_url}/api/dm/views", token, "POST", {
-            "project": project_id,
-            "data": {"title": "Default", "type": "list", "target": "tasks",
-                     "hiddenColumns": _default_hidden(ls_url, token, project_id),
-                     "filters": {"conjunction": "and", "items": []}},
-        })]
-    ids = []
-    for view in views:
-        data = dict(view.get("data") or {})
-        hidden = data.get("hiddenColumns") or {}
-        data["hiddenColumns"] = {mode: [c for c in cols if c not in wanted] for mode, cols in hidden.items()}
-        if ordering:
-            data["ordering"] = list(ordering)
-        data.setdefault("filters", {"conjunction": "and", "items": []})
-        _api(f"{ls_url}/api/dm/views/{view['id']}", token, "PATCH", {"project": project_id, "data": data})
-        ids.append(int(view["id"]))
-    return ids
 
 
 def dm_api_tasks(ls_url: str, token: str, project_id: int) -> dict[int, dict]:
