@@ -115,7 +115,11 @@ def ml_description(manifest: Manifest) -> str:
     """One line for the ML backend record: version, overall P/R/F1, sizes, time, decision."""
     overall = _overall(manifest.scores)
     state = "promoted" if manifest.promoted else "not promoted"
-    return (f"{manifest.version} ({state}): P {_number(overall and overall.precision)} "
+    serving = ""  # the serving version first when the candidate was kept out
+    if not manifest.promoted and manifest.previous_version:
+        serving = (f"{manifest.previous_version} serving: F1 {_number(manifest.previous_f1)} on "
+                   f"{manifest.version}'s validation tasks; ")
+    return (f"{serving}{manifest.version} ({state}): P {_number(overall and overall.precision)} "
             f"R {_number(overall and overall.recall)} F1 {_number(_f1(overall))}; "
             f"train {manifest.train_size} / validation {manifest.validation_size} tasks; {manifest.created_at}")
 
