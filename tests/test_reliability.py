@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,6 +35,7 @@ from backend.serving.app import create_app
 from backend.serving.jobs import JobQueue
 from backend.serving.service import NerService, RequestError, project_id
 from backend.serving.settings import Settings
+from backend.serving.annotated_cache import CACHE_NAME
 from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
 from backend.serving.training_run import train_project
 from tests.service_fakes import (
@@ -311,14 +313,14 @@ class _StagedLabelStudio(FakeLabelStudio):
         # it has something new to train on instead of answering "nothing new since v1"
         if stage != "first":
             for task in self.tasks:
-                task["annotations"][0]["updated_at"] = f"edited {time.time_ns()}"
+                task["annotations"][0]["updated_at"] = datetime.now(timezone.utc).isoformat()
 
-    def annotated_tasks(self, project: int) -> list[dict]:
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
         if self.stage == "fetch":
             _kill_self()
         if self.stage == "label-studio-down-at-fetch":
             raise ConnectionError("Label Studio is down")
-        return super().annotated_tasks(project)
+        return super().annotated_tasks(project, changed_since)
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         if self.stage == "report":
@@ -461,10 +463,11 @@ def _leftovers(names: list[str]) -> list[str]:
 
 
 def _unexpected(names: list[str], allow_leftovers: bool = True) -> list[str]:
-    """Entries of a project folder other than v<N> folders, current.json, promotions.json (and leftovers)."""
+    """Entries of a project folder other than v<N> folders, current.json, promotions.json, the kept annotated tasks
+    (and leftovers)."""
     allowed = set(_leftovers(names)) if allow_leftovers else set()
-    return [name for name in names
-            if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS, PUBLISHED) or name in allowed)]
+    return [name for name in names if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS, PUBLISHED,
+                                                                                  CACHE_NAME) or name in allowed)]
 
 
 def _assert_versions_complete(store: ModelStore) -> None:

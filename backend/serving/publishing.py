@@ -106,12 +106,25 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
 
 def _missing(settings: Settings, number: int, version: str, client: Any, written: int) -> tuple[list[dict], int, int]:
     """The unannotated tasks without a prediction of ``version``, lowest id first, as many as the cap leaves after
-    ``written``; with the number that had it and the number over the cap."""
-    tasks = client.unlabelled_tasks(number)
-    has_it = {p.get("task") for p in client.predictions(number) if p.get("model_version") == version}
-    missing = sorted((task for task in tasks if task.get("id") not in has_it), key=lambda task: task.get("id", 0))
+    ``written``; with the number read that had it and the number over the cap (the unannotated tasks left unread
+    once the cap was reached count as over it, whether or not they have it).
+
+    Label Studio's pages of unannotated tasks are read only until the cap is reached: each brings a task's id, data
+    and the model versions of its predictions, so no prediction and no annotated task is read."""
     room = max(0, settings.publish_max_tasks - written)
-    return missing[:room], len(tasks) - len(missing), max(0, len(missing) - room)
+    pages = client.unlabelled_tasks(number, version)
+    missing: list[dict] = []
+    had = read = 0
+    for task in pages:
+        if version in (task.get("model_versions") or []):
+            had += 1
+        elif len(missing) < room:
+            missing.append(task)
+        else:
+            break
+        read += 1
+    total = pages.total if pages.total is not None else read
+    return missing, had, max(0, total - read)
 
 
 def _retrieve_for_new_tasks(settings: Settings, project: str, version: str, schema: Any, client: Any,
