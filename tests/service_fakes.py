@@ -132,9 +132,10 @@ class FakeLabelStudio:
         self.reads.append(("count",))
         return len(self._annotated())
 
-    def annotated_stamps(self, project: int) -> dict[int, str]:
-        self.reads.append(("stamps",))
-        return {task["id"]: task_updated_at(task) for task in self._annotated()}
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        self.reads.append(("stamps", changed_since) if changed_since else ("stamps",))
+        return {task["id"]: task_updated_at(task) for task in self._annotated()
+                if changed_since is None or _after(task_updated_at(task), changed_since)}
 
     def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]:
         self.reads.append(("by_id", sorted(task_ids)))

@@ -22,7 +22,7 @@ def _task(task_id: int, text: str, minute: int) -> dict:
 
 
 def _project(n: int = 20) -> FakeLabelStudio:
-    """Tasks updated an hour apart, so that only the last one falls in the slack of a later read."""
+    """Tasks updated an hour apart, so that only the last one falls in the minute of slack of a later read."""
     return FakeLabelStudio([_task(i, TEXTS[i % len(TEXTS)], 60 * i) for i in range(1, n + 1)])
 
 
@@ -30,7 +30,7 @@ def _ids(fetched) -> list[int]:
     return [task["id"] for task in fetched.tasks]
 
 
-def test_the_first_fetch_is_full_and_a_second_one_with_nothing_new_reads_only_the_slack(tmp_path):
+def test_the_first_fetch_is_full_and_a_second_one_with_nothing_new_reads_no_task_in_full(tmp_path):
     client, path = _project(), tmp_path / "annotated-tasks.json"
     first = fetch_annotated(client, 1, CONFIG, path)
     assert (first.mode, first.reason, _ids(first)) == ("full", "no tasks kept from a previous run",
@@ -38,8 +38,9 @@ def test_the_first_fetch_is_full_and_a_second_one_with_nothing_new_reads_only_th
     client.reads.clear()
     second = fetch_annotated(client, 1, CONFIG, path)
     assert second.mode == "incremental" and _ids(second) == list(range(1, 21))
-    assert second.changed == 1 and not second.listed  # the newest task, inside the 2-minute slack
-    assert client.reads == [("annotated", "2026-01-01T19:58:00+00:00"), ("count",)]
+    # only the update times of the tasks of the last minute before the newest kept one; none read in full
+    assert client.reads == [("stamps", "2026-01-01T19:59:00+00:00"), ("count",)]
+    assert (second.changed, second.listed, second.details) == (0, False, {"window": 1})
     assert second.tasks == first.tasks
 
 
@@ -58,8 +59,8 @@ def test_new_changed_and_deleted_annotated_tasks_are_read_and_dropped_without_re
     assert fetched.mode == "incremental" and fetched.listed and fetched.removed == 2
     assert _ids(fetched) == [i for i in range(1, 22) if i not in (7, 9)]
     assert next(task for task in fetched.tasks if task["id"] == 5)["annotations"][0]["result"] == []
-    assert [read[0] for read in client.reads] == ["annotated", "count", "stamps"]
-    assert fetched.changed == 3  # 20 (slack), 21 and 5; nothing else was read in full
+    assert client.reads == [("stamps", "2026-01-01T19:59:00+00:00"), ("by_id", [5, 21]), ("count",), ("stamps",)]
+    assert fetched.changed == 2  # nothing else was read in full
     again = fetch_annotated(client, 1, CONFIG, path)
     assert _ids(again) == _ids(fetched) and not again.listed
 
@@ -97,7 +98,7 @@ def test_a_run_answers_nothing_new_from_the_kept_tasks_and_trains_on_a_change(tm
     client.reads.clear()
     again = train_project(settings, "1", client, store, train_fn=fake.train, evaluate_fn=fake.evaluate)
     assert again["decision"].startswith("nothing new since v1") and again["fetch"]["mode"] == "incremental"
-    assert again["fetch"]["changed"] == 1 and ("stamps",) not in client.reads
+    assert again["fetch"]["changed"] == 0 and ("stamps",) not in client.reads
     client.tasks.append(_task(30, "cheap sushi", 60 * 30))
     third = train_project(settings, "1", client, store, train_fn=fake.train, evaluate_fn=fake.evaluate)
     assert third["version"] == "v2" and third["fetch"]["mode"] == "incremental"

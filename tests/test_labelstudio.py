@@ -113,4 +113,5 @@ def test_the_annotated_tasks_changed_since_a_time_their_count_stamps_and_a_read_
         assert client.annotated_count(4) == 20
         stamps = client.annotated_stamps(4)
         assert sorted(stamps) == list(range(1, 21)) and stamps[3] == "2026-01-01T00:00:03.000000Z"
+        assert sorted(client.annotated_stamps(4, changed_since="2026-01-01T00:00:18+00:00")) == [19, 20]
         assert [t["id"] for t in client.tasks_by_id(4, [5, 2, 19])] == [2, 5, 19]

@@ -4,11 +4,13 @@ Label Studio only for what changed since: its cost grows with the change, not wi
 ``MODEL_DIR/<project>/annotated-tasks.json`` holds every annotated task (``labelstudio.slim_task``) with the task's
 ``updated_at``, the Label Studio and the label config it was read from. Label Studio sets a task's ``updated_at``
 whenever one of its annotations or predictions is saved, updated or deleted (``tasks/models.py``), so a run reads:
-1. the annotated tasks updated after the newest ``updated_at`` it kept (less ``SLACK_S``, for a save whose
-   transaction was still open at the last read): the new and the changed ones, in full;
-2. the number of annotated tasks: when the kept ones and the changed ones make more than that, some stopped being
-   annotated (an annotation deleted, a task deleted): then the ids and ``updated_at`` of all annotated tasks (cheap
-   pages) tell which, and any task whose ``updated_at`` differs from the kept one is read again.
+1. the ids and ``updated_at`` of the annotated tasks updated after the newest ``updated_at`` it kept, less
+   ``SLACK_S`` (a save whose transaction was still open at the last read), in cheap pages; then in full only those
+   that are new or whose ``updated_at`` differs from the kept one;
+2. the number of annotated tasks: when the kept ones and the new ones make another number, some stopped being
+   annotated (an annotation deleted, a task deleted), or were committed late with an older update time (a long
+   import): then the ids and ``updated_at`` of all annotated tasks tell which, and any task whose ``updated_at``
+   differs from the kept one is read again.
 A missing or unreadable file, another Label Studio, or a changed label config is a full read.
 
 Runs in the training child only.
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "annotated-tasks.json"
 FORMAT = 1
-SLACK_S = 120.0  # changes this much older than the newest kept one are read again
+SLACK_S = 60.0  # the update times of tasks this much older than the newest kept one are read again
 
 
 @dataclass
@@ -78,21 +80,26 @@ def fetch_annotated(client: Any, project: int, label_config: str, path: Path, so
 
 def _incremental(client: Any, project: int, kept: dict) -> Fetched:
     tasks: dict[int, dict] = {task["id"]: task for task in kept["tasks"]}
+    fetched = Fetched([], "incremental")
+    # the ids and update times of the tasks updated since (cheap pages), then in full only those that differ
     since = _minus(kept["newest"], SLACK_S) if kept.get("newest") else None
-    changed = client.annotated_tasks(project, changed_since=since) if since else client.annotated_tasks(project)
-    tasks.update({task["id"]: task for task in changed})
-    fetched = Fetched([], "incremental", changed=len(changed))
+    stamps = client.annotated_stamps(project, changed_since=since)
+    stale = [key for key, stamp in stamps.items() if key not in tasks or tasks[key].get("updated_at") != stamp]
+    fetched.details["window"] = len(stamps)
+    if stale:
+        tasks.update({task["id"]: task for task in client.tasks_by_id(project, stale)})
+        fetched.changed = len(stale)
     if len(tasks) != client.annotated_count(project):
-        # some kept task is no longer annotated (or something changed without a newer updated_at): the ids and
-        # update times of all annotated tasks say which
+        # some kept task is no longer annotated (an annotation or the task deleted), or an annotated task was
+        # committed late with an older update time: the ids and update times of all annotated tasks say which
         stamps = client.annotated_stamps(project)
         fetched.listed = True
         fetched.removed = len([key for key in tasks if key not in stamps])
         tasks = {key: task for key, task in tasks.items() if key in stamps}
-        stale = [key for key, stamp in stamps.items() if key not in tasks or tasks[key].get("updated_at") != stamp]
-        if stale:
-            tasks.update({task["id"]: task for task in client.tasks_by_id(project, stale)})
-            fetched.changed += len(stale)
+        late = [key for key, stamp in stamps.items() if key not in tasks or tasks[key].get("updated_at") != stamp]
+        if late:
+            tasks.update({task["id"]: task for task in client.tasks_by_id(project, late)})
+            fetched.changed += len(late)
     fetched.tasks = [tasks[key] for key in sorted(tasks)]
     return fetched
 

@@ -67,7 +67,7 @@ class ProjectClient(Protocol):
 
     def annotated_count(self, project: int) -> int: ...
 
-    def annotated_stamps(self, project: int) -> dict[int, str]: ...
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]: ...
 
     def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]: ...
 
@@ -254,13 +254,15 @@ class LabelStudioClient:
                           self._page_params(project, [annotated_filter()], "task_only", 1))
         return int(page.get("total") or 0)
 
-    def annotated_stamps(self, project: int) -> dict[int, str]:
-        """``{task id: updated_at}`` of every task of ``project`` with an annotation: pages without annotations
-        and predictions (Label Studio 1.23 sends each task's data with them all the same)."""
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        """``{task id: updated_at}`` of every task of ``project`` with an annotation (only those updated after
+        ``changed_since`` when given): pages without annotations and predictions (Label Studio 1.23 sends each
+        task's data with them all the same)."""
+        filters = [annotated_filter()] + ([updated_after_filter(changed_since)] if changed_since else [])
+        what = f"listing the annotated tasks of project {project}" + (f" changed since {changed_since}"
+                                                                      if changed_since else "")
         return {task["id"]: task.get("updated_at") or ""
-                for tasks, _ in self._task_pages(f"listing the annotated tasks of project {project}", project,
-                                                 [annotated_filter()], fields="task_only")
-                for task in tasks}
+                for tasks, _ in self._task_pages(what, project, filters, fields="task_only") for task in tasks}
 
     def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]:
         """The tasks ``task_ids`` of ``project`` (``slim_task``), in pages of the ids asked for."""
