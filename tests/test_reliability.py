@@ -31,13 +31,14 @@ import pytest
 
 import backend.serving.store as store_module
 from backend.model.metrics import EntityScore, Scores
+from backend.serving.annotated_cache import CACHE_NAME
 from backend.serving.app import create_app
 from backend.serving.jobs import JobQueue
 from backend.serving.service import NerService, RequestError, project_id
 from backend.serving.settings import Settings
-from backend.serving.annotated_cache import CACHE_NAME
 from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
 from backend.serving.training_run import train_project
+from tests.helpers.waits import bound, wait_for
 from tests.service_fakes import (
     CONFIG, CountingLoader, FakeJobs, FakeLabelStudio, add_version, annotated_task, write_model_folder,
 )
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["Dish", "Price", "Cuisine"]
 PROJECT = "3"
 PROJECT_KEY = "3.1718000000"  # how /setup and /predict name project 3
-WAIT_S = 60
+WAIT_S = bound("child event")
 
 
 # ==============================================================================================================
@@ -501,15 +502,16 @@ def _served_version(client) -> str:
     return result["model_version"]
 
 
-def _wait_served(client, version: str, timeout: float = 10) -> str:
+def _wait_served(client, version: str) -> str:
     """A promoted version is loaded in the background while the old one answers: ask until it serves."""
-    deadline, served = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        served = _served_version(client)
-        if served == version:
-            break
-        time.sleep(0.02)
-    return served
+    served = [None]
+
+    def serves() -> bool:
+        served[0] = _served_version(client)
+        return served[0] == version
+
+    wait_for(serves, "version served")
+    return served[0]
 
 
 def _report_rows(html: str) -> dict[str, tuple[str, str]]:
