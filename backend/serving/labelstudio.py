@@ -22,6 +22,7 @@ REPORT_END = "</section>"
 _REPORT_BLOCK = re.compile(re.escape(REPORT_START) + r".*?" + re.escape(REPORT_END), re.DOTALL)
 PAGE_SIZE = 100  # tasks per page of the exporters' whole-project read
 TASK_PAGE_SIZE = 500  # tasks per page of a filtered read: ~0.5 s of Label Studio's time for short texts
+IMPORT_TIMEOUT_S = 600.0  # a prediction import's limit (see ``LabelStudioClient.import_predictions``)
 RETRY_DELAYS_S = (1.0, 3.0, 9.0)  # back-off before each retry of a page that failed or timed out
 # The Data Manager's computed columns that a page would compute for every task it shows unless hidden; a page of
 # unlabelled tasks shows only the model versions of their predictions (data_manager/managers.py)
@@ -375,9 +376,13 @@ class LabelStudioClient:
                    id=project, expert_instruction=text)
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
-        """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request."""
+        """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request, allowed
+        ``IMPORT_TIMEOUT_S``: Label Studio 1.23's default import path recounts the annotations and predictions of
+        every task of the project after each import (``data_import/api.py``), so a request's time grows with the
+        project. Never retried: a request that timed out may still be written, and the publishing that resumes
+        reads what is there first."""
         self._call(f"importing {len(predictions)} predictions into project {project}", self._ls.projects.import_predictions,
-                   id=project, request=predictions)
+                   id=project, request=predictions, request_options={"timeout_in_seconds": IMPORT_TIMEOUT_S})
 
     def set_model_version(self, project: int, version: str) -> None:
         """Make ``version`` the project's model version: the predictions the labeling stream shows, and those the
