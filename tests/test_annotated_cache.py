@@ -22,7 +22,7 @@ def _task(task_id: int, text: str, minute: int) -> dict:
 
 
 def _project(n: int = 20) -> FakeLabelStudio:
-    """Tasks updated an hour apart, so that only the last one falls in the minute of slack of a later read."""
+    """Tasks updated an hour apart, so that only the last one falls in the 10 s of slack of a later read."""
     return FakeLabelStudio([_task(i, TEXTS[i % len(TEXTS)], 60 * i) for i in range(1, n + 1)])
 
 
@@ -38,8 +38,8 @@ def test_the_first_fetch_is_full_and_a_second_one_with_nothing_new_reads_no_task
     client.reads.clear()
     second = fetch_annotated(client, 1, CONFIG, path)
     assert second.mode == "incremental" and _ids(second) == list(range(1, 21))
-    # only the update times of the tasks of the last minute before the newest kept one; none read in full
-    assert client.reads == [("stamps", "2026-01-01T19:59:00+00:00"), ("count",)]
+    # only the update times of the tasks of the 10 s before the newest kept one; none read in full
+    assert client.reads == [("stamps", "2026-01-01T19:59:50+00:00"), ("count",)]
     assert (second.changed, second.listed, second.details) == (0, False, {"window": 1})
     assert second.tasks == first.tasks
 
@@ -59,7 +59,7 @@ def test_new_changed_and_deleted_annotated_tasks_are_read_and_dropped_without_re
     assert fetched.mode == "incremental" and fetched.listed and fetched.removed == 2
     assert _ids(fetched) == [i for i in range(1, 22) if i not in (7, 9)]
     assert next(task for task in fetched.tasks if task["id"] == 5)["annotations"][0]["result"] == []
-    assert client.reads == [("stamps", "2026-01-01T19:59:00+00:00"), ("by_id", [5, 21]), ("count",), ("stamps",)]
+    assert client.reads == [("stamps", "2026-01-01T19:59:50+00:00"), ("by_id", [5, 21]), ("count",), ("stamps",)]
     assert fetched.changed == 2  # nothing else was read in full
     again = fetch_annotated(client, 1, CONFIG, path)
     assert _ids(again) == _ids(fetched) and not again.listed
