@@ -316,12 +316,19 @@ class _StagedLabelStudio(FakeLabelStudio):
             for task in self.tasks:
                 task["annotations"][0]["updated_at"] = datetime.now(timezone.utc).isoformat()
 
-    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
+    def _fetching(self) -> None:
         if self.stage == "fetch":
             _kill_self()
         if self.stage == "label-studio-down-at-fetch":
             raise ConnectionError("Label Studio is down")
+
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
+        self._fetching()  # a full read (nothing kept)
         return super().annotated_tasks(project, changed_since)
+
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        self._fetching()  # an incremental read starts here
+        return super().annotated_stamps(project, changed_since)
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         if self.stage == "report":
