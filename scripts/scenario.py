@@ -5,6 +5,7 @@ Shared by the demo (`scripts/demo.py`), the latency measurement (`scripts/measur
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -105,14 +106,25 @@ def backend_status(backend_url: str, project_id: int) -> ProjectStatus:
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5) -> float:
-    """Poll `condition` until true; returns the seconds it took, raises TimeoutError naming `what`."""
+    """Poll `condition` until true; returns the seconds it took, raises TimeoutError naming `what`. With
+    TEST_WAIT_LOG set, each wait's `what` and seconds are appended to that file (tests/helpers/waits.py)."""
     started = time.monotonic()
     while True:
         if condition():
+            _record_wait(what, time.monotonic() - started)
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
+            _record_wait(what, time.monotonic() - started, happened=False)
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def _record_wait(what: str, seconds: float, happened: bool = True) -> None:
+    path = os.environ.get("TEST_WAIT_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"event": what, "seconds": round(seconds, 3), "happened": happened,
+                                  "test": os.environ.get("PYTEST_CURRENT_TEST", "")}) + "\n")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

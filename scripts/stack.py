@@ -23,6 +23,10 @@ DEFAULT_LABEL_STUDIO_BIN = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
 # Label Studio reads these plain names too (as its host, port and first user): a value inherited from
 # the shell would silently change where it listens or who the admin is.
 _LABEL_STUDIO_CONFLICTING_ENV = ("HOST", "PORT", "USERNAME", "PASSWORD")
+# The tests' and benchmarks' own requests to Label Studio: "Retrieve Predictions" stores what /predict answers
+# inside the request (~60-70 s for 500-1000 tasks, label-studio.md), which the SDK's default 60 s cuts short on a
+# loaded machine (seen: a ReadTimeout at load average 7.5)
+CLIENT_TIMEOUT_S = 300.0
 
 
 class StackError(RuntimeError):
@@ -217,11 +221,11 @@ class LabelStudioServer:
         if self.managed is not None:
             self.managed.stop()
 
-    def client(self):
+    def client(self, timeout: float = CLIENT_TIMEOUT_S):
         """A label-studio-sdk client logged in with the legacy token."""
         from label_studio_sdk import LabelStudio
 
-        return LabelStudio(base_url=self.url, api_key=self.token)
+        return LabelStudio(base_url=self.url, api_key=self.token, timeout=timeout)
 
 
 def _start_until_up(managed: ManagedProcess, url: str, timeout_s: float) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backend.model.metrics import Scores
 from backend.serving.jobs import JobStatus
-from backend.serving.labelstudio import replace_report_block
+from backend.serving.labelstudio import UnlabelledPages, replace_report_block, slim_task
 from backend.data.spans import Span, split_words
 from backend.serving.store import Manifest, ModelStore
 
@@ -98,7 +98,9 @@ class FakeJobs:
 
 
 class FakeLabelStudio:
-    """A project as the training job sees it through ``ProjectClient``."""
+    """A project as the training job sees it through ``ProjectClient``: annotated tasks (``tasks``) and
+    unannotated ones (``unlabelled``), each with its full predictions. A task's ``updated_at`` is its own, else
+    the newest time of its annotations, as Label Studio sets it when an annotation is saved."""
 
     def __init__(self, tasks: list[dict], config: str = CONFIG, instruction: str = "<p>Label dishes.</p>",
                  unlabelled: list[dict] | None = None):
@@ -109,6 +111,7 @@ class FakeLabelStudio:
         self.model_version: str | None = None
         self.retrieved: list[list[int]] = []  # the task ids of each "Retrieve Predictions" asked for
         self.edits = 0
+        self.reads: list[tuple] = []  # each read of tasks: ("annotated", changed_since) and the like
 
     def edit_annotations(self) -> None:
         """Every annotation edited (a new ``updated_at``), as a lead's corrections between two runs."""
@@ -120,8 +123,28 @@ class FakeLabelStudio:
     def label_config(self, project: int) -> str:
         return self.config
 
-    def annotated_tasks(self, project: int) -> list[dict]:
-        return [_as_exported(task) for task in self.tasks]
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
+        self.reads.append(("annotated", changed_since))
+        return [slim_task({**task, "updated_at": task_updated_at(task)}) for task in self._annotated()
+                if changed_since is None or _after(task_updated_at(task), changed_since)]
+
+    def annotated_count(self, project: int) -> int:
+        self.reads.append(("count",))
+        return len(self._annotated())
+
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        self.reads.append(("stamps", changed_since) if changed_since else ("stamps",))
+        return {task["id"]: task_updated_at(task) for task in self._annotated()
+                if changed_since is None or _after(task_updated_at(task), changed_since)}
+
+    def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]:
+        self.reads.append(("by_id", sorted(task_ids)))
+        return [slim_task({**task, "updated_at": task_updated_at(task)}) for task in self._annotated()
+                if task["id"] in set(task_ids)]
+
+    def _annotated(self) -> list[dict]:
+        return sorted((task for task in self.tasks if any(not a.get("was_cancelled") for a in task.get("annotations")
+                                                          or [])), key=lambda task: task["id"])
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         self.instruction = replace_report_block(self.instruction, block_html)
@@ -134,13 +157,19 @@ class FakeLabelStudio:
         self.titles.append(title)
         return True
 
-    def unlabelled_tasks(self, project: int) -> list[dict]:
-        return [_as_exported(task) for task in self.unlabelled]
+    def unlabelled_tasks(self, project: int, version: str | None = None) -> UnlabelledPages:
+        """As Label Studio's pages give them (a page read as it is iterated): id, data and the model versions of
+        the task's predictions."""
+        self.reads.append(("unlabelled", version))
 
-    def predictions(self, project: int) -> list[dict]:
-        """As Label Studio lists them: each names its task."""
-        return [{**prediction, "task": task["id"]} for task in [*self.tasks, *self.unlabelled]
-                for prediction in task.get("predictions") or [] if isinstance(prediction, dict)]
+        def pages():
+            tasks = sorted(self.unlabelled, key=lambda task: task["id"])
+            for start in range(0, len(tasks), 100):
+                yield [{"id": task["id"], "data": task.get("data") or {},
+                        "model_versions": [p.get("model_version") for p in task.get("predictions") or []]}
+                       for task in tasks[start:start + 100]], len(tasks)
+
+        return UnlabelledPages(pages)
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         by_id = {task["id"]: task for task in self.unlabelled}
@@ -154,9 +183,20 @@ class FakeLabelStudio:
         self.retrieved.append(list(task_ids))
 
 
-def _as_exported(task: dict) -> dict:
-    """A task as Label Studio's JSON export gives it: its predictions named by id only."""
-    return {**task, "predictions": [f"{task['id']}.{i}" for i, _ in enumerate(task.get("predictions") or [])]}
+def task_updated_at(task: dict) -> str:
+    """A fake task's ``updated_at``: its own, else the newest of its annotations' times."""
+    times = [a.get("updated_at") or a.get("created_at") for a in task.get("annotations") or []]
+    return task.get("updated_at") or max([t for t in times if t] or ["2026-01-01T00:00:00Z"], key=_moment)
+
+
+def _moment(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _after(moment: str, since: str) -> bool:
+    return _moment(moment) > _moment(since)
 
 
 def annotated_task(task_id: int, text: str, annotation_id: int | None = None) -> dict:

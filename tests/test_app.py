@@ -10,6 +10,7 @@ from backend.serving.app import create_app
 from backend.serving.service import NerService
 from backend.serving.settings import Settings
 from backend.serving.store import ModelStore
+from tests.helpers.waits import wait_for
 from tests.service_fakes import CONFIG, CountingLoader, FakeJobs, add_version, write_model_folder
 
 PROJECT = "3.1718000000"
@@ -103,16 +104,17 @@ def test_a_start_model_that_does_not_fit_gives_empty_results(tmp_path, settings,
     assert parts[2].loaded == [], "the unfitting start model is never even loaded"
 
 
-def _versions_served(client, until, timeout=10):
+def _versions_served(client, until):
     """Predict repeatedly until ``until`` serves; return every version seen (each request must succeed)."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    seen = []
+
+    def served() -> bool:
         answer = _predict(client, ["pizza"])
         assert answer.status_code == 200
         seen.append(answer.json["results"][0]["model_version"])
-        if seen[-1] == until:
-            break
-        time.sleep(0.01)
+        return seen[-1] == until
+
+    wait_for(served, "version served", interval_s=0.01)
     return seen
 
 
@@ -343,9 +345,7 @@ def test_setup_loads_the_current_model_in_the_background_once(client, parts):
     add_version(store, "3", ["Dish", "Price", "Cuisine"])
     for _ in range(5):
         client.post("/setup", json={"project": PROJECT, "schema": CONFIG})
-    deadline = time.monotonic() + 10
-    while not loader.loaded and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: loader.loaded, "model loaded", interval_s=0.01)
     assert _predict(client, ["pizza"]).json["results"][0]["model_version"] == "v1"
     assert [p.name for p in loader.loaded] == ["v1"]
 

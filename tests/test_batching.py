@@ -12,6 +12,7 @@ from backend.serving.batching import Admission, Batcher, Overloaded
 from backend.serving.service import NerService
 from backend.serving.settings import Settings
 from backend.serving.store import ModelStore
+from tests.helpers.waits import wait_for
 from tests.service_fakes import CONFIG, FakeJobs, add_version
 
 
@@ -132,9 +133,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_control_routes_do_not_wai
     threads = [threading.Thread(target=call) for _ in range(12)]
     for thread in threads:
         thread.start()
-    give_up = time.monotonic() + 20
-    while len(answers) < 8 and time.monotonic() < give_up:  # the 8 beyond the limit are refused; 4 wait
-        time.sleep(0.01)
+    wait_for(lambda: len(answers) >= 8, "requests refused", interval_s=0.01)  # the 8 beyond the limit; 4 wait
     # every prediction is still blocked: control routes answer all the same
     assert app.test_client().post("/setup", json={"project": "3.1", "schema": CONFIG}).status_code == 200
     assert app.test_client().get("/status?project=3").status_code == 200

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from backend.serving.jobs import JobQueue
+from tests.helpers.waits import bound, wait_for
 
-WAIT_S = 60
+WAIT_S = bound("child event")
 
 
 # --- fake training targets (module level: the spawned child imports them by name) ----------------------------
@@ -33,13 +34,8 @@ def killed_run(project, payload, progress):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _wait_until(condition, timeout=WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+def _wait_until(condition):
+    return wait_for(condition, "child event")
 
 
 @pytest.fixture

@@ -19,20 +19,16 @@ import pytest
 from backend.serving.queue import ABANDON_GRACE_S, HEARTBEAT_S, RedisJobQueue
 from backend.serving.store import ModelStore
 from scripts.stack import RedisServer, StackError, TrainingWorker, redis_server_bin
+from tests.helpers.waits import bound, wait_for
 
-WAIT_S = 90
+WAIT_S = bound("child event")
 RECORDED = "tests.queue_targets.recorded_run"
 HALF_WRITING = "tests.queue_targets.half_writing_run"
 OTHER = "tests.queue_targets.other_run"
 
 
-def _wait_until(condition, timeout=WAIT_S, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
+def _wait_until(condition, event="child event", interval=0.1):
+    return wait_for(condition, event, interval_s=interval)
 
 
 @pytest.fixture
@@ -129,7 +125,7 @@ def test_two_workers_train_two_projects_at_a_time_and_lose_none(tmp_path, stack)
         "queued (1st)", "queued (2nd)", "queued (3rd)", "queued (4th)"]
     assert any("no worker listens" in problem for problem in queue.problems())
     stack.worker(), stack.worker()
-    assert _wait_until(lambda: all(queue.wait_idle(p, 0) for p in ("1", "2", "3", "4")), timeout=120)
+    assert _wait_until(lambda: all(queue.wait_idle(p, 0) for p in ("1", "2", "3", "4")))
     spans = {}
     for project, _, what, when in _log(tmp_path):
         spans.setdefault(project, {})[what] = float(when)
@@ -150,9 +146,9 @@ def test_a_worker_killed_mid_job_is_reported_and_the_next_training_works(tmp_pat
     # a trigger that waits on the run about to die (from a replica that runs the stand-in that finishes)
     assert stack.queue(watch=False).trigger("5", _payload(tmp_path, "after")) == "scheduled"
     os.kill(worker.pid, signal.SIGKILL)
-    assert _wait_until(lambda: not Path(f"/proc/{horse}").exists(), timeout=10), "the job outlived its worker"
+    assert _wait_until(lambda: not Path(f"/proc/{horse}").exists(), "process gone"), "the job outlived its worker"
     killed_at = time.monotonic()
-    assert _wait_until(lambda: (queue.status("5").last_error or "").startswith("abandoned"), timeout=60)
+    assert _wait_until(lambda: (queue.status("5").last_error or "").startswith("abandoned"), "run abandoned")
     noticed_s = time.monotonic() - killed_at
     assert noticed_s < HEARTBEAT_S + ABANDON_GRACE_S + 15, noticed_s  # bounded: the heartbeat's expiry, not hours
     assert reported and reported[0][0] == "5" and reported[0][2].startswith("abandoned")
@@ -252,7 +248,7 @@ def test_a_worker_whose_work_loop_quits_on_a_redis_outage_works_again_once_redis
     os.kill(int(started.read_text().split(" ", 1)[0]), signal.SIGKILL)
     assert _wait_until(lambda: "the worker stopped working" in worker.log_path.read_text() or worker.managed.exited())
     stack.redis.start()
-    assert _wait_until(lambda: (queue.status("13").last_error or "").startswith("abandoned"), timeout=60)
+    assert _wait_until(lambda: (queue.status("13").last_error or "").startswith("abandoned"), "run abandoned")
     assert stack.queue(watch=False).trigger("13", _payload(tmp_path, "after", seconds=0)) == "queued"
     assert _wait_until(lambda: _starts(tmp_path) == ["13:after"] or worker.managed.exited())
     assert queue.wait_idle("13", WAIT_S) and not worker.managed.exited(), "the worker died with Redis"

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,12 +31,14 @@ import pytest
 
 import backend.serving.store as store_module
 from backend.model.metrics import EntityScore, Scores
+from backend.serving.annotated_cache import CACHE_NAME
 from backend.serving.app import create_app
 from backend.serving.jobs import JobQueue
 from backend.serving.service import NerService, RequestError, project_id
 from backend.serving.settings import Settings
 from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
 from backend.serving.training_run import train_project
+from tests.helpers.waits import bound, wait_for
 from tests.service_fakes import (
     CONFIG, CountingLoader, FakeJobs, FakeLabelStudio, add_version, annotated_task, write_model_folder,
 )
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["Dish", "Price", "Cuisine"]
 PROJECT = "3"
 PROJECT_KEY = "3.1718000000"  # how /setup and /predict name project 3
-WAIT_S = 60
+WAIT_S = bound("child event")
 
 
 # ==============================================================================================================
@@ -311,14 +314,21 @@ class _StagedLabelStudio(FakeLabelStudio):
         # it has something new to train on instead of answering "nothing new since v1"
         if stage != "first":
             for task in self.tasks:
-                task["annotations"][0]["updated_at"] = f"edited {time.time_ns()}"
+                task["annotations"][0]["updated_at"] = datetime.now(timezone.utc).isoformat()
 
-    def annotated_tasks(self, project: int) -> list[dict]:
+    def _fetching(self) -> None:
         if self.stage == "fetch":
             _kill_self()
         if self.stage == "label-studio-down-at-fetch":
             raise ConnectionError("Label Studio is down")
-        return super().annotated_tasks(project)
+
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
+        self._fetching()  # a full read (nothing kept)
+        return super().annotated_tasks(project, changed_since)
+
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        self._fetching()  # an incremental read starts here
+        return super().annotated_stamps(project, changed_since)
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         if self.stage == "report":
@@ -461,10 +471,11 @@ def _leftovers(names: list[str]) -> list[str]:
 
 
 def _unexpected(names: list[str], allow_leftovers: bool = True) -> list[str]:
-    """Entries of a project folder other than v<N> folders, current.json, promotions.json (and leftovers)."""
+    """Entries of a project folder other than v<N> folders, current.json, promotions.json, the kept annotated tasks
+    (and leftovers)."""
     allowed = set(_leftovers(names)) if allow_leftovers else set()
-    return [name for name in names
-            if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS, PUBLISHED) or name in allowed)]
+    return [name for name in names if not (re.fullmatch(r"v\d+", name) or name in (POINTER, PROMOTIONS, PUBLISHED,
+                                                                                  CACHE_NAME) or name in allowed)]
 
 
 def _assert_versions_complete(store: ModelStore) -> None:
@@ -498,15 +509,16 @@ def _served_version(client) -> str:
     return result["model_version"]
 
 
-def _wait_served(client, version: str, timeout: float = 10) -> str:
+def _wait_served(client, version: str) -> str:
     """A promoted version is loaded in the background while the old one answers: ask until it serves."""
-    deadline, served = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        served = _served_version(client)
-        if served == version:
-            break
-        time.sleep(0.02)
-    return served
+    served = [None]
+
+    def serves() -> bool:
+        served[0] = _served_version(client)
+        return served[0] == version
+
+    wait_for(serves, "version served")
+    return served[0]
 
 
 def _report_rows(html: str) -> dict[str, tuple[str, str]]:

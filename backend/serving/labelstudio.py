@@ -1,21 +1,39 @@
 """The one client of the Label Studio API (label-studio-sdk): training reads annotated tasks and writes reports
-back; the exporters read a whole project. Webhook bodies are never trusted as data; everything comes through here
-with our own credentials.
+back; publishing reads the unlabelled tasks; the exporters read a whole project. Webhook bodies are never trusted as
+data; everything comes through here with our own credentials.
+
+Tasks are read in pages of the task list API (``GET /api/tasks``), filtered by Label Studio (the Data Manager's
+filters: the number of annotations, ``updated_at``) and ordered by id, each page after the last id of the one
+before: no request reads a whole project, and a slow or failing page is retried with back-off.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
 REPORT_START = '<section class="ner-backend-report">'
 REPORT_END = "</section>"
 _REPORT_BLOCK = re.compile(re.escape(REPORT_START) + r".*?" + re.escape(REPORT_END), re.DOTALL)
-PAGE_SIZE = 100
+PAGE_SIZE = 100  # tasks per page of the exporters' whole-project read
+TASK_PAGE_SIZE = 500  # tasks per page of a filtered read: ~0.5 s of Label Studio's time for short texts
+IMPORT_TIMEOUT_S = 600.0  # a prediction import's limit (see ``LabelStudioClient.import_predictions``)
+RETRY_DELAYS_S = (1.0, 3.0, 9.0)  # back-off before each retry of a page that failed or timed out
+# The Data Manager's computed columns that a page would compute for every task it shows unless hidden; a page of
+# unlabelled tasks shows only the model versions of their predictions (data_manager/managers.py)
+_COMPUTED_COLUMNS = ("avg_lead_time", "completed_at", "annotations_results", "predictions_results",
+                     "predictions_score", "annotators", "annotations_ids", "file_upload", "draft_exists",
+                     "storage_filename", "state")
+_VERSIONS_CHAR_LIMIT = 500  # Label Studio cuts a task's predictions_model_versions at 500 characters
+# what a training run keeps of a task, an annotation, a prediction (the rest of a page is the Data Manager's)
+TASK_KEYS = ("id", "data", "updated_at", "annotations", "predictions")
+ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
+PREDICTION_KEYS = ("id", "model_version", "result", "score", "created_at")
 
 
 class LabelStudioError(RuntimeError):
@@ -46,7 +64,13 @@ class ProjectClient(Protocol):
 
     def label_config(self, project: int) -> str: ...
 
-    def annotated_tasks(self, project: int) -> list[dict]: ...
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]: ...
+
+    def annotated_count(self, project: int) -> int: ...
+
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]: ...
+
+    def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]: ...
 
     def write_instruction_block(self, project: int, block_html: str) -> None: ...
 
@@ -54,9 +78,7 @@ class ProjectClient(Protocol):
 
     def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool: ...
 
-    def unlabelled_tasks(self, project: int) -> list[dict]: ...
-
-    def predictions(self, project: int) -> list[dict]: ...
+    def unlabelled_tasks(self, project: int, version: str | None = None) -> "UnlabelledPages": ...
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None: ...
 
@@ -85,6 +107,64 @@ def replace_report_block(instruction: str | None, block_html: str) -> str:
     return f"{instruction}\n{block_html}" if instruction else block_html
 
 
+def annotated_filter() -> dict:
+    """The Data Manager filter of tasks with at least one (not cancelled) annotation."""
+    return {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+
+
+def unlabelled_filters() -> list[dict]:
+    """The Data Manager filters of tasks without any annotation, cancelled ones included."""
+    return [{"filter": f"filter:tasks:{column}", "operator": "equal", "type": "Number", "value": 0}
+            for column in ("total_annotations", "cancelled_annotations")]
+
+
+def updated_after_filter(moment: str) -> dict:
+    """The Data Manager filter of tasks updated after ``moment`` (an ISO time as Label Studio writes it: an
+    annotation's save, update or delete, and a prediction's, set its task's ``updated_at``; tasks/models.py)."""
+    return {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+            "value": label_studio_time(moment)}
+
+
+def label_studio_time(moment: str) -> str:
+    """``moment`` in the one format the Data Manager's Datetime filter parses (``%Y-%m-%dT%H:%M:%S.%fZ``, UTC).
+
+    >>> label_studio_time("2026-01-02T03:04:05Z"), label_studio_time("2026-01-02T03:04:05.5+00:00")
+    ('2026-01-02T03:04:05.000000Z', '2026-01-02T03:04:05.500000Z')
+    """
+    from datetime import datetime, timezone
+
+    parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def slim_task(task: dict) -> dict:
+    """What a training run keeps of a task page's task: its id, data, ``updated_at``, annotations and
+    predictions, each with the keys that training, the fingerprint and the suggestions read."""
+    kept = {key: task[key] for key in TASK_KEYS if key in task}
+    kept["annotations"] = [{key: a[key] for key in ANNOTATION_KEYS if key in a}
+                           for a in task.get("annotations") or [] if isinstance(a, dict)]
+    kept["predictions"] = [{key: p[key] for key in PREDICTION_KEYS if key in p}
+                           for p in task.get("predictions") or [] if isinstance(p, dict)]
+    return kept
+
+
+class UnlabelledPages:
+    """The unannotated tasks of a project, lowest id first, read a page at a time as they are iterated: each is
+    ``{"id", "data", "model_versions"}`` (the model versions of its predictions). ``total`` is the number of
+    unannotated tasks Label Studio counted when the first page was read (None before)."""
+
+    def __init__(self, pages: Callable[[], Iterator[tuple[list[dict], int]]]):
+        self._pages = pages
+        self.total: int | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        for tasks, total in self._pages():
+            self.total = total if self.total is None else self.total
+            yield from tasks
+
+
 def _as_dict(item: Any) -> dict:
     if isinstance(item, dict):
         return item
@@ -102,16 +182,48 @@ class LabelStudioClient:
     """
 
     def __init__(self, credentials: Credentials, timeout: float = 60.0, backend_auth: tuple[str, str] | None = None,
-                 sdk: Any = None):
-        """``backend_auth``: this backend's own BASIC_AUTH_USER / BASIC_AUTH_PASS, when it has them. ``sdk``
-        replaces ``LabelStudio(base_url, api_key)`` (tests)."""
+                 sdk: Any = None, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
+                 page_size: int = TASK_PAGE_SIZE):
+        """``timeout``: the SDK's limit on each request. ``backend_auth``: this backend's own BASIC_AUTH_USER /
+        BASIC_AUTH_PASS, when it has them. ``sdk`` replaces ``LabelStudio(base_url, api_key)`` (tests).
+        ``retry_delays_s``: the back-off before each retry of a task page; ``page_size``: tasks per page."""
         self.credentials = credentials
         self.backend_auth = backend_auth
+        self.retry_delays_s = tuple(retry_delays_s)
+        self.page_size = page_size
+        self.requests = 0  # HTTP requests sent to Label Studio (retries included)
+        self.longest_request_s = 0.0  # the slowest of them, and which it was
+        self.longest_request = ""
         if sdk is None:
             from label_studio_sdk import LabelStudio  # imported here: the HTTP server never needs it
 
             sdk = LabelStudio(base_url=credentials.url, api_key=credentials.api_key, timeout=timeout)
         self._ls = sdk
+        self._time_requests()
+
+    def _time_requests(self) -> None:
+        """Count every request the SDK sends and keep the slowest (``requests_summary``)."""
+        inner = getattr(getattr(getattr(self._ls, "_client_wrapper", None), "httpx_client", None), "httpx_client", None)
+        send = getattr(inner, "send", None)
+        if send is None:
+            return
+
+        def timed_send(request, *args, **kwargs):
+            started = time.monotonic()
+            try:
+                return send(request, *args, **kwargs)
+            finally:
+                seconds = time.monotonic() - started
+                self.requests += 1
+                if seconds > self.longest_request_s:
+                    self.longest_request_s, self.longest_request = seconds, f"{request.method} {request.url.path}"
+
+        inner.send = timed_send
+
+    def requests_summary(self) -> dict[str, Any]:
+        """How many requests this client sent to Label Studio, and the slowest one."""
+        return {"requests": self.requests, "longest_s": round(self.longest_request_s, 2),
+                "longest": self.longest_request}
 
     def _call(self, what: str, function, *args, **kwargs):
         try:
@@ -128,24 +240,120 @@ class LabelStudioClient:
         found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
         return found.label_config or ""
 
-    def annotated_tasks(self, project: int) -> list[dict]:
-        """Every task of ``project`` that has at least one annotation, with its annotations.
+    def annotated_tasks(self, project: int, changed_since: str | None = None) -> list[dict]:
+        """The tasks of ``project`` with at least one annotation (``slim_task``: data, annotations, predictions,
+        ``updated_at``), lowest id first, in pages; only those updated after ``changed_since`` when given."""
+        filters = [annotated_filter()] + ([updated_after_filter(changed_since)] if changed_since else [])
+        what = f"reading the annotated tasks of project {project}" + (f" changed since {changed_since}"
+                                                                      if changed_since else "")
+        return [slim_task(task) for tasks, _ in self._task_pages(what, project, filters, fields="all")
+                for task in tasks]
 
-        One request: Label Studio's JSON export of the annotated tasks only (``download_all_tasks=false``). Where
-        that endpoint is refused (Label Studio Enterprise answers it 404), every page of ``tasks.list``, whose
-        ``only_annotated`` filter Label Studio 1.23 ignores and whose last page ends in a logged 404.
-        """
-        def pages() -> list[dict]:
-            pager = self._ls.tasks.list(project=project, fields="all", only_annotated=True, page_size=PAGE_SIZE)
-            return [_as_dict(task) for task in pager]
+    def annotated_count(self, project: int) -> int:
+        """How many tasks of ``project`` have at least one annotation (one page of one task)."""
+        page = self._page(f"counting the annotated tasks of project {project}",
+                          self._page_params(project, [annotated_filter()], "task_only", 1))
+        return int(page.get("total") or 0)
 
-        try:
-            tasks = self._exported_tasks(project, all_tasks=False)
-        except Exception as error:  # noqa: BLE001 - no export endpoint here: page through the tasks instead
-            log.info("project %s: the export endpoint failed (%s); paging through the tasks", project, error)
-            tasks = self._call(f"listing the annotated tasks of project {project}", pages)
-        # keep only tasks that really carry annotations (the paging's filter is not applied by the server)
-        return [task for task in (_as_dict(task) for task in tasks) if task.get("annotations")]
+    def annotated_stamps(self, project: int, changed_since: str | None = None) -> dict[int, str]:
+        """``{task id: updated_at}`` of every task of ``project`` with an annotation (only those updated after
+        ``changed_since`` when given): pages without annotations and predictions (Label Studio 1.23 sends each
+        task's data with them all the same)."""
+        filters = [annotated_filter()] + ([updated_after_filter(changed_since)] if changed_since else [])
+        what = f"listing the annotated tasks of project {project}" + (f" changed since {changed_since}"
+                                                                      if changed_since else "")
+        return {task["id"]: task.get("updated_at") or ""
+                for tasks, _ in self._task_pages(what, project, filters, fields="task_only") for task in tasks}
+
+    def tasks_by_id(self, project: int, task_ids: list[int]) -> list[dict]:
+        """The tasks ``task_ids`` of ``project`` (``slim_task``), in pages of the ids asked for."""
+        found: list[dict] = []
+        for start in range(0, len(task_ids), self.page_size):
+            chunk = sorted(task_ids[start:start + self.page_size])
+            selected = {"all": False, "included": chunk}
+            page = self._page(f"reading {len(chunk)} task(s) of project {project}",
+                              self._page_params(project, [], "all", len(chunk), selected=selected))
+            found += [slim_task(task) for task in page.get("tasks") or []]
+        return found
+
+    def unlabelled_tasks(self, project: int, version: str | None = None) -> UnlabelledPages:
+        """The tasks of ``project`` without any annotation, lowest id first, read a page at a time while they are
+        iterated (stop iterating to stop reading): their id, data and the model versions of their predictions
+        (the Data Manager's ``predictions_model_versions``; no prediction itself is read). Where Label Studio cut
+        that list at 500 characters and ``version`` is not in it, the task's predictions are read to be sure."""
+        hidden = ["tasks:" + column for column in _COMPUTED_COLUMNS]
+        what = f"reading the unlabelled tasks of project {project}"
+
+        def pages() -> Iterator[tuple[list[dict], int]]:
+            for tasks, total in self._task_pages(what, project, unlabelled_filters(), fields="task_only",
+                                                 hidden_columns={"explore": hidden, "labeling": hidden}):
+                yield [self._unlabelled(project, task, version) for task in tasks], total
+
+        return UnlabelledPages(pages)
+
+    def _unlabelled(self, project: int, task: dict, version: str | None) -> dict:
+        listed = task.get("predictions_model_versions") or ""
+        versions = [v.strip() for v in listed.split(",") if v.strip()] if isinstance(listed, str) else list(listed)
+        if version and version not in versions and isinstance(listed, str) and len(listed) >= _VERSIONS_CHAR_LIMIT:
+            found = self._call(f"reading the predictions of task {task['id']} of project {project}",
+                               self._ls.predictions.list, task=task["id"])
+            versions = [getattr(p, "model_version", None) or _as_dict(p).get("model_version") for p in found]
+        return {"id": task["id"], "data": task.get("data") or {}, "model_versions": versions}
+
+    def _page_params(self, project: int, filters: list[dict], fields: str, page_size: int,
+                     hidden_columns: dict | None = None, selected: dict | None = None) -> dict:
+        query: dict[str, Any] = {"filters": {"conjunction": "and", "items": filters}, "ordering": ["tasks:id"]}
+        if hidden_columns:
+            query["hiddenColumns"] = hidden_columns
+        if selected:
+            query["selectedItems"] = selected
+        return {"project": project, "page": 1, "page_size": page_size, "fields": fields,
+                "query": json.dumps(query)}
+
+    def _task_pages(self, what: str, project: int, filters: list[dict], fields: str,
+                    hidden_columns: dict | None = None) -> Iterator[tuple[list[dict], int]]:
+        """Every page of the tasks ``filters`` selects, lowest id first, with the number Label Studio counted
+        when the first page was read: each page is the first page of the tasks after the last id of the one
+        before, so a task annotated or imported meanwhile moves no page, and no page reads a deep offset."""
+        after, total = 0, None
+        while True:
+            keyset = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
+            page = self._page(f"{what} (after task {after})",
+                              self._page_params(project, [*filters, keyset], fields, self.page_size, hidden_columns))
+            tasks = [task for task in page.get("tasks") or [] if isinstance(task, dict)]
+            total = int(page.get("total") or 0) if total is None else total
+            if tasks:
+                yield tasks, total
+            if len(tasks) < self.page_size:
+                return
+            after = tasks[-1]["id"]
+
+    def _page(self, what: str, params: dict) -> dict:
+        """One page of ``GET /api/tasks``, retried after each of ``retry_delays_s`` when it times out, cannot
+        connect or Label Studio answers 429 or 5xx; the last failure is a ``LabelStudioError`` naming ``what``.
+        The SDK's own timeout bounds each try."""
+        http = self._ls._client_wrapper.httpx_client
+        for attempt, delay in enumerate((*self.retry_delays_s, None)):
+            failure, status = None, None
+            try:
+                # the SDK retries nothing here: the back-off is ours
+                response = http.request("api/tasks/", method="GET", params=params,
+                                        request_options={"max_retries": 0})
+                status = response.status_code
+                if status < 400:
+                    return response.json()
+                failure = f"HTTP {status}" + (f" {response.text[:200]}" if status == 400 else "")
+            except Exception as error:  # noqa: BLE001 - httpx timeouts, refused connections, a broken body
+                failure = type(error).__name__
+            retryable = status is None or status == 429 or status >= 500
+            if delay is None or not retryable:
+                hint = {401: " (check the API key)", 403: " (check the API key)", 404: " (check the project id)"}
+                tries = f" after {attempt + 1} tries" if attempt else ""
+                raise LabelStudioError(f"{what} at {self.credentials.url} failed{tries}: {failure}"
+                                       f"{hint.get(status, '')}")
+            log.warning("%s failed (%s); retrying in %.0f s", what, failure, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def export_project(self, project: int, page_size: int = PAGE_SIZE) -> ProjectExport:
         """Label config and all tasks of ``project``: Label Studio's own JSON export (``projects.exports.as_json``),
@@ -167,28 +375,14 @@ class LabelStudioClient:
         self._call(f"updating the instructions of project {project}", self._ls.projects.update,
                    id=project, expert_instruction=text)
 
-    def unlabelled_tasks(self, project: int) -> list[dict]:
-        """Every task of ``project`` without any annotation, in one request: Label Studio's JSON export of all
-        tasks (it names a task's predictions by id only: ``predictions`` has them)."""
-        tasks = self._call(f"exporting the tasks of project {project}", self._exported_tasks, project, all_tasks=True)
-        return [task for task in (_as_dict(task) for task in tasks) if not task.get("annotations")]
-
-    def predictions(self, project: int) -> list[dict]:
-        """Every prediction of ``project`` (its ``task``, ``model_version``, ``result``, ``created_at``), in one
-        request."""
-        found = self._call(f"reading the predictions of project {project}", self._ls.predictions.list, project=project)
-        return [_as_dict(prediction) for prediction in found]
-
-    def _exported_tasks(self, project: int, all_tasks: bool) -> list[dict]:
-        """Label Studio's JSON export of ``project`` in one request: every task, or the annotated ones only."""
-        chunks = self._ls.projects.exports.download_sync(id=project, export_type="JSON", download_all_tasks=all_tasks)
-        data = json.loads(b"".join(chunks) if not isinstance(chunks, (bytes, str)) else chunks)
-        return data if isinstance(data, list) else data.get("tasks", [])
-
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
-        """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request."""
+        """Write ``predictions`` (``task``, ``result``, ``score``, ``model_version`` each) in one request, allowed
+        ``IMPORT_TIMEOUT_S``: Label Studio 1.23's default import path recounts the annotations and predictions of
+        every task of the project after each import (``data_import/api.py``), so a request's time grows with the
+        project. Never retried: a request that timed out may still be written, and the publishing that resumes
+        reads what is there first."""
         self._call(f"importing {len(predictions)} predictions into project {project}", self._ls.projects.import_predictions,
-                   id=project, request=predictions)
+                   id=project, request=predictions, request_options={"timeout_in_seconds": IMPORT_TIMEOUT_S})
 
     def set_model_version(self, project: int, version: str) -> None:
         """Make ``version`` the project's model version: the predictions the labeling stream shows, and those the

@@ -19,6 +19,7 @@ Runs in the training child after a promotion, or as a job of its own; never in t
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,9 +70,12 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     store.record_publishing(project, record)
     predictor = None
     written, had_it, over_the_cap = 0, None, 0
+    seconds = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0}  # Label Studio's reads, the model, its writes
     for _ in range(ROUNDS):
         progress("publishing", message=f"publishing {written}/{record['total'] or '?'}: reading the unlabelled tasks")
+        started = time.monotonic()
         todo, had, over_the_cap = _missing(settings, number, version, client, written)
+        seconds["read_s"] += time.monotonic() - started
         had_it = had if had_it is None else had_it  # as found at the start: later rounds find what this one wrote
         if not todo:
             break
@@ -82,12 +86,16 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
         waiting: list[dict] = []
         for start in range(0, len(todo), BATCH):
             batch = todo[start:start + BATCH]
+            started = time.monotonic()
             predictions = predictor.predict([task_text(task, schema.data_key) for task in batch])
+            seconds["predict_s"] += time.monotonic() - started
             waiting += [{"task": task["id"], "result": spans_to_results(prediction.spans, schema),
                          "score": prediction.shown_score, "model_version": version}
                         for task, prediction in zip(batch, predictions)]
             if len(waiting) >= IMPORT_BATCH or start + len(batch) == len(todo):
+                started = time.monotonic()
                 client.import_predictions(number, waiting)
+                seconds["write_s"] += time.monotonic() - started
                 written += len(waiting)
                 waiting = []
                 store.record_publishing(project, {**record, "written": written})
@@ -97,7 +105,8 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     # version, so nothing asks for this one, and the next publishing announces it
     client.set_model_version(number, version)
     store.announce(project, version)
-    outcome = {"version": version, "published": written, "already_had_it": had_it or 0, "over_the_cap": over_the_cap}
+    outcome = {"version": version, "published": written, "already_had_it": had_it or 0, "over_the_cap": over_the_cap,
+               **{key: round(value, 1) for key, value in seconds.items()}}
     store.record_publishing(project, {**record, **outcome, "written": written, "total": written, "state": "published",
                                       "finished_at": utc_now()})
     log.info("project %s: published %s for %d task(s) and announced it", project, version, written)
@@ -106,12 +115,25 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
 
 def _missing(settings: Settings, number: int, version: str, client: Any, written: int) -> tuple[list[dict], int, int]:
     """The unannotated tasks without a prediction of ``version``, lowest id first, as many as the cap leaves after
-    ``written``; with the number that had it and the number over the cap."""
-    tasks = client.unlabelled_tasks(number)
-    has_it = {p.get("task") for p in client.predictions(number) if p.get("model_version") == version}
-    missing = sorted((task for task in tasks if task.get("id") not in has_it), key=lambda task: task.get("id", 0))
+    ``written``; with the number read that had it and the number over the cap (the unannotated tasks left unread
+    once the cap was reached count as over it, whether or not they have it).
+
+    Label Studio's pages of unannotated tasks are read only until the cap is reached: each brings a task's id, data
+    and the model versions of its predictions, so no prediction and no annotated task is read."""
     room = max(0, settings.publish_max_tasks - written)
-    return missing[:room], len(tasks) - len(missing), max(0, len(missing) - room)
+    pages = client.unlabelled_tasks(number, version)
+    missing: list[dict] = []
+    had = read = 0
+    for task in pages:
+        if version in (task.get("model_versions") or []):
+            had += 1
+        elif len(missing) < room:
+            missing.append(task)
+        else:
+            break
+        read += 1
+    total = pages.total if pages.total is not None else read
+    return missing, had, max(0, total - read)
 
 
 def _retrieve_for_new_tasks(settings: Settings, project: str, version: str, schema: Any, client: Any,

@@ -42,7 +42,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
+def write_json_atomically(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write ``data`` as JSON so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # named like a temporary folder, so that a writer killed mid-write leaves nothing clean_temporary misses
@@ -50,7 +50,7 @@ def write_json_atomically(path: Path, data: Any) -> None:
                                          suffix=".part")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
+            json.dump(data, out, indent=indent, sort_keys=True)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

@@ -21,6 +21,7 @@ from backend.data.suggestions import suggestion_outcomes
 from backend.data.tasks import choose_annotation
 from backend.model.library_noise import quiet_expected_load_reports
 from backend.model.metrics import Scores, f1_difference
+from backend.serving.annotated_cache import cache_path, fetch_annotated
 from backend.serving.jobs import PUBLISH, ProgressCallback
 from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError, ProjectClient
 from backend.serving.model_cache import fits, start_version
@@ -61,9 +62,13 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     store = ModelStore(settings.model_dir)
     client = _client(settings, payload)
     if payload.get("action") == PUBLISH:
-        return publish_project(settings, project, client, store, progress)
+        return {**publish_project(settings, project, client, store, progress),
+                "label_studio": client.requests_summary()}
     try:
-        return train_project(settings, project, client, store, progress)
+        summary = train_project(settings, project, client, store, progress)
+        summary["label_studio"] = client.requests_summary()
+        log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
+        return summary
     except Exception as error:
         if settings.report_to_label_studio:
             _report_failure(settings, project, client, store, f"{type(error).__name__}: {error}",
@@ -124,8 +129,11 @@ def train_project(
 
     progress("fetching")
     card.show("NER · fetching the annotated tasks")
-    schema = parse_label_config(client.label_config(project_number))
-    tasks = client.annotated_tasks(project_number)
+    label_config = client.label_config(project_number)
+    schema = parse_label_config(label_config)
+    fetched = fetch_annotated(client, project_number, label_config, cache_path(store.project_dir(project)),
+                              source=_source(client))
+    tasks = fetched.tasks
     keyed = _convert(project, tasks, schema)
     by_id = {task.get("id"): task for task in tasks}
     config = settings.training_config()
@@ -137,7 +145,8 @@ def train_project(
         log.info("project %s: %s", project, decision)
         summary = {"version": None, "promoted": False, "f1": None, "previous_version": store.current(project),
                    "previous_f1": None, "train_size": 0, "validation_size": 0, "decision": decision,
-                   "deleted_versions": [], "report_error": None, "published": None, "publish_error": None}
+                   "deleted_versions": [], "report_error": None, "published": None, "publish_error": None,
+                   "fetch": fetched.summary()}
         due = store.announcement_due(project) if settings.publish_predictions else None
         if due is not None:  # a publishing that was interrupted: this press resumes it
             summary["decision"] += f"; resumed publishing {due}"
@@ -194,7 +203,7 @@ def train_project(
             f1_difference=f1_difference(scores, previous_scores) if scores and previous_scores else None,
             started_from=started_from,
             line_base_size=line_base_size,
-            suggestions=_suggestions(project, client, tasks, schema),
+            suggestions=_suggestions(project, tasks, schema),
         )
         current = store.current(project)
         manifest.promoted, manifest.decision = _decide(settings, manifest, current if previous is None else None)
@@ -220,7 +229,8 @@ def train_project(
                "train_size": manifest.train_size, "validation_size": manifest.validation_size,
                "decision": manifest.decision, "deleted_versions": removed, "report_error": report_error,
                "f1_difference": manifest.f1_difference.to_dict() if manifest.f1_difference else None,
-               "started_from": started_from, "published": None, "publish_error": None}
+               "started_from": started_from, "published": None, "publish_error": None,
+               "fetch": fetched.summary()}
     if settings.publish_predictions and store.announcement_due(project) is not None:
         summary["published"], summary["publish_error"] = _publish(settings, project, store.current(project), client,
                                                                   store, progress, load_predictor, card)
@@ -388,11 +398,17 @@ def _previous_model(settings: Settings, store: ModelStore, project: str, schema:
     return None
 
 
-def _suggestions(project: str, client: ProjectClient, tasks: list[dict], schema: LabelSchema) -> dict[str, Any]:
-    """What annotators kept of the suggestions (``data.suggestions``); an error reading the predictions is logged
-    and leaves it empty: it must not cost the version."""
+def _source(client: ProjectClient) -> str:
+    """The Label Studio ``client`` reads (its URL), which the kept annotated tasks must have come from."""
+    credentials = getattr(client, "credentials", None)
+    return getattr(credentials, "url", "") or ""
+
+
+def _suggestions(project: str, tasks: list[dict], schema: LabelSchema) -> dict[str, Any]:
+    """What annotators kept of the suggestions (``data.suggestions``), from the predictions the annotated tasks
+    carry (no other prediction is read); an error is logged and leaves it empty: it must not cost the version."""
     try:
-        return suggestion_outcomes(tasks, schema, client.predictions(int(project))).to_dict()
+        return suggestion_outcomes(tasks, schema).to_dict()
     except Exception as error:  # noqa: BLE001
         log.warning("project %s: could not compare the suggestions with the annotations: %s", project, error)
         return {}

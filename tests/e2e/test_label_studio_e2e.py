@@ -25,6 +25,7 @@ from scripts.scenario import (
     wait_until,
 )
 from scripts.stack import get_json, post_json
+from tests.helpers.waits import bound
 
 pytestmark = pytest.mark.e2e
 
@@ -88,10 +89,10 @@ def outcome(label_studio, ml_backend, record_timings) -> ScenarioOutcome:
 
     pressed = time.monotonic()
     start_training(ls, ml_id)
-    wait_until(lambda: status().runs_started >= 1, 60, "the first training run to start")
+    wait_until(lambda: status().runs_started >= 1, bound("run started"), "the first training run to start")
     probe.start()  # /setup, /webhook and /predict latency while training runs
     # Two more presses while the first run is going: they must coalesce into exactly one more run.
-    wait_until(lambda: status().progress.get("stage") not in (None, "starting", "fetching"), 60,
+    wait_until(lambda: status().progress.get("stage") not in (None, "starting", "fetching"), bound("run stage"),
                "the first run to have read the annotations")
     ls.annotations.create(id=late_task, result=late["annotations"][0]["result"], was_cancelled=False)
     start_training(ls, ml_id)
@@ -155,21 +156,24 @@ def test_start_training_produces_a_new_version_that_serves(outcome):
     assert outcome.serving_version != outcome.version_before
 
 
-def test_the_annotated_tasks_are_read_in_one_export_request_without_paging(label_studio, outcome):
-    # the SDK's task pager ignored only_annotated (every task was read) and ended on a 404 past the last page
+def test_the_annotated_tasks_are_read_in_filtered_pages_never_an_export(label_studio, outcome):
+    # Label Studio filters the pages (tasks with annotations only), so the unlabelled ones are never read
     from label_studio_sdk import LabelStudio
 
     from backend.serving.labelstudio import Credentials, LabelStudioClient
 
     sdk = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
-    def no_paging(**kwargs):
-        raise AssertionError("the annotated tasks were paged through instead of exported")
+    def no_export(**kwargs):
+        raise AssertionError("the annotated tasks were exported in one request")
 
-    sdk.tasks.list = no_paging
-    tasks = LabelStudioClient(Credentials(label_studio.url, label_studio.token), sdk=sdk).annotated_tasks(
-        outcome.project_id)
+    sdk.projects.exports.download_sync = no_export
+    client = LabelStudioClient(Credentials(label_studio.url, label_studio.token), sdk=sdk, page_size=50)
+    tasks = client.annotated_tasks(outcome.project_id)
     assert len(tasks) == N_ANNOTATED + 1 and all(task["annotations"] for task in tasks)  # with the late one
+    assert [task["id"] for task in tasks] == sorted(task["id"] for task in tasks)
+    assert client.annotated_count(outcome.project_id) == N_ANNOTATED + 1
+    assert client.requests == 5 + 1  # 201 tasks in pages of 50, and the count
 
 
 def test_second_start_training_during_a_run_coalesces_into_exactly_one_more_run(outcome):

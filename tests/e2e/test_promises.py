@@ -24,6 +24,7 @@ from scripts.scenario import (backend_status, connect_backend, create_project, e
                               read_label_config, retrieve_predictions, start_training, text_tasks, wait_until)
 from scripts.stack import BackendServer, StackError, free_port
 from tests.e2e.conftest import TINY_TRAINING_ENV
+from tests.helpers.waits import bound
 
 pytestmark = pytest.mark.e2e
 
@@ -210,7 +211,7 @@ def test_a_publishing_child_killed_with_sigkill_is_named_in_status_and_resumed_b
     start_training(ls, ml_id)
     child = _hold_publishing(backend, project)
     os.kill(child, signal.SIGKILL)
-    wait_until(lambda: not backend.status(project)["training"], 60, "the killed run to end")
+    wait_until(lambda: not backend.status(project)["training"], bound("run ended"), "the killed run to end")
     status = backend.status(project)
     assert status["current_version"] == "v1" and status["announced_version"] is None
     [warning] = status["warnings"]
@@ -234,13 +235,14 @@ def test_a_label_config_that_no_longer_fits_withdraws_the_version_and_says_to_tr
     changed = config.replace('value="Dish"', 'value="Food"').replace('<Label value="Hours"', '<Label value="Gone"')
     assert changed != config
     ls.projects.update(id=project, label_config=changed)  # PROJECT_UPDATED reaches the backend
-    wait_until(lambda: ls.projects.get(id=project).model_version in ("", None), 120,
+    wait_until(lambda: ls.projects.get(id=project).model_version in ("", None), bound("label studio updated"),
                "the project's model version to stop naming v1")
     status = backend.status(project)
     [warning] = [w for w in status["warnings"] if "does not fit" in w]
     assert warning.startswith("v1 does not fit the labels (Dish, Hours not in the label config"), warning
     assert "press Start Training" in warning
-    wait_until(lambda: "does not fit the labels" in (ls.ml.get(id=ml_id).title or ""), 60, "the card to say so")
+    wait_until(lambda: "does not fit the labels" in (ls.ml.get(id=ml_id).title or ""), bound("label studio updated"),
+               "the card to say so")
 
     start_training(ls, ml_id)  # the annotations still say Dish: those spans are dropped, the rest trains
     _wait_announced(backend, project, "v2")
@@ -260,7 +262,7 @@ def test_a_data_field_renamed_in_the_label_config_is_named_in_status(label_studi
     for prediction in ls.predictions.list(task=unlabelled[0]):
         ls.predictions.delete(id=prediction.id)
     retrieve_predictions(ls, project, unlabelled[:1])
-    wait_until(lambda: any("no field 'review'" in w for w in backend.status(project)["warnings"]), 60,
+    wait_until(lambda: any("no field 'review'" in w for w in backend.status(project)["warnings"]), bound("run stage"),
                "the missing field to be named in /status")
     [warning] = [w for w in backend.status(project)["warnings"] if "no field 'review'" in w]
     assert "they hold 'text'" in warning
