@@ -157,13 +157,13 @@ class FakeLabelStudio:
         self.titles.append(title)
         return True
 
-    def unlabelled_tasks(self, project: int, version: str | None = None) -> UnlabelledPages:
+    def unlabelled_tasks(self, project: int, version: str | None = None, after: int = 0) -> UnlabelledPages:
         """As Label Studio's pages give them (a page read as it is iterated): id, data and the model versions of
         the task's predictions."""
-        self.reads.append(("unlabelled", version))
+        self.reads.append(("unlabelled", version, after))
 
         def pages():
-            tasks = sorted(self.unlabelled, key=lambda task: task["id"])
+            tasks = sorted((task for task in self.unlabelled if task["id"] > after), key=lambda task: task["id"])
             for start in range(0, len(tasks), 100):
                 yield [{"id": task["id"], "data": task.get("data") or {},
                         "model_versions": [p.get("model_version") for p in task.get("predictions") or []]}

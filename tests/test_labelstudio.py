@@ -71,9 +71,12 @@ def test_unlabelled_tasks_are_read_a_page_at_a_time_lowest_id_first_with_the_mod
         assert [t["id"] for t in first] == [i for i in range(1, 1001) if i % 10][:150]
         assert first[2] == {"id": 3, "data": {"text": "t3"}, "model_versions": ["v1"]}
         assert pages.total == 900
-        assert len(api.requests) == 2  # stopping the iteration stops the reading
+        assert len(api.requests) == 1  # pages of twice page_size; stopping the iteration stops the reading
         every = list(client.unlabelled_tasks(4))
-        assert len(every) == 900 and len(api.requests) == 2 + 10  # 9 full pages and an empty one
+        assert len(every) == 900 and len(api.requests) == 1 + 5  # 4 full pages and a short one
+        later = list(client.unlabelled_tasks(4, after=980))
+        assert [t["id"] for t in later] == [981, 982, 983, 984, 985, 986, 987, 988, 989, 991, 992, 993, 994, 995,
+                                           996, 997, 998, 999]
         query = api.requests[-1]["query"]
         assert {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number",
                 "value": 0} in query["filters"]["items"]

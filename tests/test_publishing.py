@@ -174,6 +174,10 @@ def test_tasks_imported_while_publishing_runs_get_the_version_before_it_is_annou
     summary = _run(settings, client, store)
     assert summary["published"]["published"] == 399
     assert {i: v for i, v in _versions(client).items() if v != ["v1"]} == {}
+    # each later round reads only the tasks after the last one the round before read
+    assert [read for read in client.reads if read[0] == "unlabelled"] == [("unlabelled", "v1", 0),
+                                                                          ("unlabelled", "v1", 299),
+                                                                          ("unlabelled", "v1", 1099)]
 
 
 class _Interrupted(Exception):

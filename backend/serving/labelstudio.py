@@ -78,7 +78,7 @@ class ProjectClient(Protocol):
 
     def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool: ...
 
-    def unlabelled_tasks(self, project: int, version: str | None = None) -> "UnlabelledPages": ...
+    def unlabelled_tasks(self, project: int, version: str | None = None, after: int = 0) -> "UnlabelledPages": ...
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None: ...
 
@@ -276,8 +276,10 @@ class LabelStudioClient:
             found += [slim_task(task) for task in page.get("tasks") or []]
         return found
 
-    def unlabelled_tasks(self, project: int, version: str | None = None) -> UnlabelledPages:
-        """The tasks of ``project`` without any annotation, lowest id first, read a page at a time while they are
+    def unlabelled_tasks(self, project: int, version: str | None = None, after: int = 0) -> UnlabelledPages:
+        """The tasks of ``project`` without any annotation (with an id above ``after``), lowest id first, in pages
+        of twice ``page_size`` (their rows are small; Label Studio's cost of a page is mostly its own counts over
+        the whole filtered set), read one at a time while they are
         iterated (stop iterating to stop reading): their id, data and the model versions of their predictions
         (the Data Manager's ``predictions_model_versions``; no prediction itself is read). Where Label Studio cut
         that list at 500 characters and ``version`` is not in it, the task's predictions are read to be sure."""
@@ -286,7 +288,8 @@ class LabelStudioClient:
 
         def pages() -> Iterator[tuple[list[dict], int]]:
             for tasks, total in self._task_pages(what, project, unlabelled_filters(), fields="task_only",
-                                                 hidden_columns={"explore": hidden, "labeling": hidden}):
+                                                 hidden_columns={"explore": hidden, "labeling": hidden},
+                                                 after=after, page_size=self.page_size * 2):
                 yield [self._unlabelled(project, task, version) for task in tasks], total
 
         return UnlabelledPages(pages)
@@ -311,20 +314,21 @@ class LabelStudioClient:
                 "query": json.dumps(query)}
 
     def _task_pages(self, what: str, project: int, filters: list[dict], fields: str,
-                    hidden_columns: dict | None = None) -> Iterator[tuple[list[dict], int]]:
+                    hidden_columns: dict | None = None, after: int = 0,
+                    page_size: int | None = None) -> Iterator[tuple[list[dict], int]]:
         """Every page of the tasks ``filters`` selects, lowest id first, with the number Label Studio counted
         when the first page was read: each page is the first page of the tasks after the last id of the one
         before, so a task annotated or imported meanwhile moves no page, and no page reads a deep offset."""
-        after, total = 0, None
+        total, size = None, page_size or self.page_size
         while True:
             keyset = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
             page = self._page(f"{what} (after task {after})",
-                              self._page_params(project, [*filters, keyset], fields, self.page_size, hidden_columns))
+                              self._page_params(project, [*filters, keyset], fields, size, hidden_columns))
             tasks = [task for task in page.get("tasks") or [] if isinstance(task, dict)]
             total = int(page.get("total") or 0) if total is None else total
             if tasks:
                 yield tasks, total
-            if len(tasks) < self.page_size:
+            if len(tasks) < size:
                 return
             after = tasks[-1]["id"]
 

@@ -69,12 +69,13 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     record = {"version": version, "state": "publishing", "started_at": utc_now(), "written": 0, "total": 0}
     store.record_publishing(project, record)
     predictor = None
-    written, had_it, over_the_cap = 0, None, 0
+    written, had_it, over_the_cap, after = 0, None, 0, 0
     seconds = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0}  # Label Studio's reads, the model, its writes
     for _ in range(ROUNDS):
         progress("publishing", message=f"publishing {written}/{record['total'] or '?'}: reading the unlabelled tasks")
         started = time.monotonic()
-        todo, had, over_the_cap = _missing(settings, number, version, client, written)
+        # a later round reads only the tasks after the last one the round before read: later tasks have higher ids
+        todo, had, over_the_cap, after = _missing(settings, number, version, client, written, after)
         seconds["read_s"] += time.monotonic() - started
         had_it = had if had_it is None else had_it  # as found at the start: later rounds find what this one wrote
         if not todo:
@@ -113,15 +114,17 @@ def publish(settings: Settings, project: str, version: str, model_dir: Path, cli
     return outcome
 
 
-def _missing(settings: Settings, number: int, version: str, client: Any, written: int) -> tuple[list[dict], int, int]:
-    """The unannotated tasks without a prediction of ``version``, lowest id first, as many as the cap leaves after
-    ``written``; with the number read that had it and the number over the cap (the unannotated tasks left unread
-    once the cap was reached count as over it, whether or not they have it).
+def _missing(settings: Settings, number: int, version: str, client: Any, written: int,
+             after: int = 0) -> tuple[list[dict], int, int, int]:
+    """The unannotated tasks (with an id above ``after``) without a prediction of ``version``, lowest id first, as
+    many as the cap leaves after ``written``; with the number read that had it, the number over the cap (the
+    unannotated tasks left unread once the cap was reached count as over it, whether or not they have it) and the
+    id of the last task read.
 
     Label Studio's pages of unannotated tasks are read only until the cap is reached: each brings a task's id, data
     and the model versions of its predictions, so no prediction and no annotated task is read."""
     room = max(0, settings.publish_max_tasks - written)
-    pages = client.unlabelled_tasks(number, version)
+    pages = client.unlabelled_tasks(number, version, after)
     missing: list[dict] = []
     had = read = 0
     for task in pages:
@@ -132,15 +135,16 @@ def _missing(settings: Settings, number: int, version: str, client: Any, written
         else:
             break
         read += 1
+        after = max(after, task["id"])
     total = pages.total if pages.total is not None else read
-    return missing, had, max(0, total - read)
+    return missing, had, max(0, total - read), after
 
 
 def _retrieve_for_new_tasks(settings: Settings, project: str, version: str, schema: Any, client: Any,
                             store: ModelStore, progress: ProgressCallback) -> dict[str, Any]:
     """The announced version for tasks that came after it (imported later): Label Studio's own "Retrieve
     Predictions" for them, so its check, not a list read earlier, decides which task still lacks the version."""
-    todo, had_it, over_the_cap = _missing(settings, int(project), version, client, 0)
+    todo, had_it, over_the_cap, _ = _missing(settings, int(project), version, client, 0)
     asked = 0
     for start in range(0, len(todo), RETRIEVE_BATCH):
         ids = [task["id"] for task in todo[start:start + RETRIEVE_BATCH]]
