@@ -77,11 +77,11 @@ def test_scores_are_probabilities_and_the_text_score_is_the_probability_of_its_w
     (tags, confidences), = predictor.predict_words([[w.text for w in split_words(text)]])
     assert prediction.spans and all(0 < s.score <= 1 for s in prediction.spans)
     assert prediction.score == pytest.approx(math.prod(confidences))
-    assert prediction.shown_score == pytest.approx(prediction.score ** 0.1, rel=1e-5) and prediction.shown_score > 0
+    assert prediction.shown_score == pytest.approx(1 / (1 - math.log(prediction.score)), rel=1e-5)
 
 
-def test_the_shown_score_reads_as_a_per_word_probability_and_keeps_tiny_scores_apart():
-    assert TextPrediction([], 0.9 ** 10).shown_score == 0.9 and TextPrediction([], 1.0).shown_score == 1.0
+def test_the_shown_score_reads_as_one_over_one_plus_the_surprisal_and_keeps_tiny_scores_apart():
+    assert TextPrediction([], math.exp(-1)).shown_score == 0.5 and TextPrediction([], 1.0).shown_score == 1.0
     assert TextPrediction([], 0.000012345).shown_score > TextPrediction([], 0.00001234).shown_score
     assert TextPrediction([], 0.0).shown_score == 0.0
 

@@ -60,16 +60,12 @@ def task_score(confidences: Sequence[float]) -> float:
     return whole_labelling(confidences)
 
 
-# The doubt score's scale: the whole labelling's probability as the per-word probability of a text of this many
-# words. On the stand-in model and the tiny one, most tasks fall between 0.05 and 0.95 (README, "The doubt score").
-READABLE_WORDS = 10
-
-
 def readable_score(score: float) -> float:
-    """``score`` (the whole labelling's probability) ** (1 / READABLE_WORDS): a monotone transform, so tasks keep
-    exactly their order, on a scale a person reads. 0.9 reads "as sure as of every word of a ten-word sentence at
-    90%"; a twenty-word sentence at 90% a word scores 0.81. Lower means more doubt."""
-    return max(0.0, score) ** (1.0 / READABLE_WORDS)
+    """``score`` (the whole labelling's probability) as 1 / (1 + surprisal), the surprisal being -ln(score): a
+    monotone transform, so tasks keep exactly their order, on a scale a person reads. 1: no doubt; 0.5: the labelling
+    has probability 1/e; 0.05: surprisal 19. Lower means more doubt. On the stand-in model trained on 500 sentences
+    and on the tests' tiny model, 93% and 100% of unlabelled tasks fall between 0.05 and 0.95 (README)."""
+    return 0.0 if score <= 0 else 1.0 / (1.0 - math.log(min(score, 1.0)))
 
 
 def doubt_score(confidences: Sequence[float]) -> float:
