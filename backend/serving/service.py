@@ -398,9 +398,10 @@ class NerService:
         config = found.get("label_config") if isinstance(found, dict) else None
         if not isinstance(config, str) or not config.strip():
             return "ignored: no label config in the body"
-        if config == state.label_config:
-            return "ignored: the label config is unchanged"
+        before = self._schema(project, None)
         state.label_config = config
+        if self._schema(project, None) == before:  # the same labels and field (however the XML is written)
+            return "ignored: the label config is unchanged"
         current = self.store.current(project)
         unfit = self._unfit_labels(project, current) if current else []
         if not unfit:
