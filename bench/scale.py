@@ -7,7 +7,6 @@ meanwhile. One JSON line per size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
