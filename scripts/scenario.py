@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import Counter
 import time
 import urllib.error
 import urllib.request
@@ -301,6 +302,15 @@ def show_columns(ls_url: str, token: str, project_id: int, columns: Iterable[str
         ids.append(int(view["id"]))
     return ids
 
+
+
+def versions_per_task(ls, project_id: int) -> dict[int, Counter]:
+    """Each task's predictions in Label Studio, counted per model version: a count above 1 is a task holding a
+    version twice."""
+    held: dict[int, Counter] = {}
+    for prediction in ls.predictions.list(project=project_id):
+        held.setdefault(int(prediction.task), Counter())[prediction.model_version] += 1
+    return held
 
 
 def read_label_config(path: Path = RESTAURANT_CONFIG) -> str:

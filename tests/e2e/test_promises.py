@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from scripts.scenario import (backend_status, connect_backend, create_project, examples_to_tasks, import_tasks,
-                              read_label_config, retrieve_predictions, start_training, text_tasks, wait_until)
+                              read_label_config, retrieve_predictions, start_training, text_tasks,
+                              versions_per_task, wait_until)
 from scripts.stack import BackendServer, StackError, free_port
 from tests.e2e.conftest import TINY_TRAINING_ENV
 from tests.helpers.waits import bound
@@ -127,13 +128,6 @@ def _wait_announced(backend: Backend, project: int, version: str = "v1") -> dict
     return backend.status(project)
 
 
-def _versions_per_task(ls, project: int) -> dict[int, Counter]:
-    """Each task's predictions, counted per model version (read from Label Studio, paged)."""
-    held: dict[int, Counter] = {}
-    for prediction in ls.predictions.list(project=project):
-        held.setdefault(int(prediction.task), Counter())[prediction.model_version] += 1
-    return held
-
 
 def _unlabelled_ids(ls, project: int) -> list[int]:
     tasks = ls.tasks.list(project=project, fields="all", page_size=500)
@@ -141,7 +135,7 @@ def _unlabelled_ids(ls, project: int) -> list[int]:
 
 
 def _assert_every_unlabelled_task_holds_the_version_once(ls, project: int, version: str) -> dict:
-    held = _versions_per_task(ls, project)
+    held = versions_per_task(ls, project)
     twice = {task: dict(counts) for task, counts in held.items() if any(n > 1 for n in counts.values())}
     assert twice == {}, f"{len(twice)} task(s) hold a version twice: {dict(list(twice.items())[:5])}"
     unlabelled = _unlabelled_ids(ls, project)
@@ -170,10 +164,10 @@ def test_retrieve_predictions_and_imports_during_publishing_leave_every_task_wit
     assert status["current_version"] == "v1" and status["warnings"] == [], status
     counts = _assert_every_unlabelled_task_holds_the_version_once(ls, project, "v1")
     assert counts["unlabelled"] == N_UNLABELLED + N_IMPORTED_MEANWHILE
-    held = _versions_per_task(ls, project)
+    held = versions_per_task(ls, project)
     assert all(held[task]["v1"] == 1 for task in new)
     retrieve_predictions(ls, project)  # afterwards: only the annotated tasks lack v1, and get it once
-    after = _versions_per_task(ls, project)
+    after = versions_per_task(ls, project)
     assert {task: after[task] for task in held if task not in new and held[task]["v1"]} == \
         {task: held[task] for task in held if task not in new and held[task]["v1"]}
     _assert_every_unlabelled_task_holds_the_version_once(ls, project, "v1")
@@ -191,7 +185,7 @@ def test_a_restart_mid_publishing_resumes_it_and_writes_only_what_is_missing(lab
     child = backend.training_child()
     if child is not None:
         os.kill(child, signal.SIGSTOP)
-    written = len([t for t, c in _versions_per_task(ls, project).items() if c["v1"]])
+    written = len([t for t, c in versions_per_task(ls, project).items() if c["v1"]])
     backend.stop()
     backend.start()
     status = _wait_announced(backend, project)

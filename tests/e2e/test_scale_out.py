@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from scripts.scenario import (backend_status, connect_backend, create_project, examples_to_tasks, import_tasks,
-                              project_key, read_label_config, start_training, text_tasks, wait_until)
+                              project_key, read_label_config, start_training, text_tasks,
+                              versions_per_task, wait_until)
 from scripts.stack import BackendServer, RedisServer, StackError, TrainingWorker, post_json, redis_server_bin
 from tests.e2e.conftest import TINY_TRAINING_ENV, unavailable
 
@@ -186,12 +187,6 @@ def _work_horse(worker_pid: int) -> int | None:
     return None
 
 
-def _versions_per_task(ls, project: int) -> dict[int, Counter]:
-    held: dict[int, Counter] = {}
-    for prediction in ls.predictions.list(project=project):
-        held.setdefault(int(prediction.task), Counter())[prediction.model_version] += 1
-    return held
-
 
 def _queue_record(stack: Stack, project: int) -> dict[str, str]:
     """The project's record in Redis (``backend.serving.queue``): the queued or running job and its payload."""
@@ -249,7 +244,7 @@ def test_a_worker_killed_mid_publishing_is_reported_as_such_and_the_publishing_r
                "the abandoned run to be reported in /status")
     timings["abandoned_noticed_s"] = round(time.monotonic() - killed_at, 1)
     assert timings["abandoned_noticed_s"] <= ABANDONED_NOTICED_S, timings
-    had_v1 = sum(1 for counts in _versions_per_task(ls, project).values() if counts["v1"])  # what the horse wrote
+    had_v1 = sum(1 for counts in versions_per_task(ls, project).values() if counts["v1"])  # what the horse wrote
     assert 500 <= had_v1 < N_UNLABELLED, f"{had_v1} tasks hold v1: the kill was not mid-publishing"
     after = status(two)
     assert after.last_error.startswith("abandoned"), after.last_error
@@ -292,7 +287,7 @@ def test_a_worker_killed_mid_publishing_is_reported_as_such_and_the_publishing_r
     assert record["state"] == "published" and record["already_had_it"] == had_v1, record
     assert record["published"] + had_v1 == N_UNLABELLED, record
 
-    held_per_task = _versions_per_task(ls, project)
+    held_per_task = versions_per_task(ls, project)
     twice = {task: dict(c) for task, c in held_per_task.items() if any(n > 1 for n in c.values())}
     assert twice == {}, f"{len(twice)} task(s) hold a version twice: {dict(list(twice.items())[:5])}"
     unlabelled = [int(task.id) for task in ls.tasks.list(project=project, fields="all", page_size=500)
