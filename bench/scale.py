@@ -21,14 +21,12 @@ from load import label_config  # noqa: E402
 
 from scripts.scenario import (backend_status, connect_backend, create_project, examples_to_tasks,  # noqa: E402
                               percentile, start_training, text_tasks, wait_until)
-from scripts.stack import BackendServer, LabelStudioServer, free_port, post_json  # noqa: E402
+from scripts.stack import (EFFICIENT_PREDICTION_IMPORT, BackendServer, LabelStudioServer, free_port,  # noqa: E402
+                           post_json)
 from tests.e2e.conftest import TINY_TRAINING_ENV  # noqa: E402
 
 LABELS = ["Amenity", "Cuisine", "Dish", "Hours", "Location", "Price", "Rating", "Restaurant_Name"]
 IMPORT_BATCH = 1000
-# Label Studio 1.23's feature flag for its newer prediction import, which recounts only the tasks it wrote (its
-# default recounts every task of the project after each import request: data_import/api.py)
-EFFICIENT_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
 class ProcessTreeRss:
@@ -246,8 +244,10 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=10_000, help="PUBLISH_MAX_TASKS")
     parser.add_argument("--epochs", default="1")
     parser.add_argument("--label-studio-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="an environment variable of the Label Studio server (repeatable), e.g. its feature flag "
-                             f"{EFFICIENT_IMPORT_FLAG}=true")
+                        help="an environment variable of the Label Studio server (repeatable); "
+                             f"{EFFICIENT_PREDICTION_IMPORT}=false measures Label Studio 1.23's default prediction "
+                             "import, which recounts every task of the project per request (scripts/stack.py turns "
+                             "its newer import on)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the servers are stopped too (finally)
     from label_studio_sdk import LabelStudio
@@ -279,7 +279,8 @@ def main() -> None:
                                                    for line in log.splitlines())
                 result["label_studio_log_errors"] = sum(("ERROR" in line and "/api/tasks" in line)
                                                         or "Timeout" in line for line in ls_log.splitlines())
-                result["label_studio_env"] = extra
+                result["label_studio_env"] = {EFFICIENT_PREDICTION_IMPORT: ls_server.environment().get(
+                    EFFICIENT_PREDICTION_IMPORT), **extra}
                 result["machine"] = machine()
                 print_result(result)
         finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EFFICIENT_PREDICTION_IMPORT = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 DEFAULT_LABEL_STUDIO_BIN = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
 # Label Studio reads these plain names too (as its host, port and first user): a value inherited from
 # the shell would silently change where it listens or who the admin is.
@@ -190,6 +191,9 @@ class LabelStudioServer:
             "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_HOST": self.url,
+            # Label Studio's own newer prediction import, which recounts only the tasks it wrote: its 1.23 default
+            # recounts every task of the project per request (README, "Big projects")
+            EFFICIENT_PREDICTION_IMPORT: "true",
             # loopback only: Label Studio reports errors to Sentry by default (seen trying, in the soak test)
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
