@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
 
     def run_worker(args: argparse.Namespace) -> int:
-        from backend.serving.worker import worker_command  # imported on use: rq is needed by this command only
+        from backend.training.worker import worker_command  # imported on use: rq is needed by this command only
 
         return worker_command(args)
 

@@ -34,8 +34,8 @@ from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, r
 from backend.model.config import TrainingConfig  # noqa: E402
 from backend.model.metrics import entities  # noqa: E402
 from backend.model.predict import TASK_SCORES, doubt_score, whole_labelling  # noqa: E402
-from backend.serving.settings import Settings  # noqa: E402
-from backend.serving.training_run import rebase_due, warm_recipe  # noqa: E402
+from backend.shared.settings import Settings  # noqa: E402
+from backend.training.training_run import rebase_due, warm_recipe  # noqa: E402
 
 # Pool sentences a doubt strategy scores per round, a random sample: the whole pool (--candidates 0) takes longer a
 # round and picked no better, from 850 annotations on worse (bench/README).

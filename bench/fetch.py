@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from backend.serving.labelstudio import Credentials, LabelStudioClient
+    from backend.shared.labelstudio import Credentials, LabelStudioClient
 
     config = read_label_config()
     examples = read_examples(TRAIN_FILE, args.annotated)

@@ -29,10 +29,10 @@ VERSION = "v-bench"
 def publish_child(ls_url: str, token: str, project: int, model_dir: str, store_root: str, answer) -> None:
     """What the training child does after a promotion: niced, then ``publish``; sends back its outcome and time."""
     os.nice(10)
-    from backend.serving.labelstudio import Credentials, LabelStudioClient
-    from backend.serving.publishing import publish
-    from backend.serving.settings import Settings
-    from backend.serving.store import ModelStore
+    from backend.shared.labelstudio import Credentials, LabelStudioClient
+    from backend.training.publishing import publish
+    from backend.shared.settings import Settings
+    from backend.shared.store import ModelStore
 
     store = ModelStore(store_root)
     store.project_dir(str(project)).mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,7 @@ def count_with_version(client, project: int, version: str, limit: int) -> int:
 
 
 def measure(size: int, ls_server, backend, ls, examples, config: str, limit_s: float, cap: int) -> dict:
-    from backend.serving.labelstudio import Credentials, LabelStudioClient
+    from backend.shared.labelstudio import Credentials, LabelStudioClient
 
     print(f"[{size}] importing ...", file=sys.stderr, flush=True)
     project, unlabelled, import_s = import_project(ls, f"scale {size}", config, size, examples)

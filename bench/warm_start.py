@@ -17,8 +17,8 @@ from common import (BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, print_result, r
                     stand_in_model)
 
 from backend.model.config import TrainingConfig  # noqa: E402
-from backend.serving.settings import Settings  # noqa: E402
-from backend.serving.training_run import warm_recipe  # noqa: E402
+from backend.shared.settings import Settings  # noqa: E402
+from backend.training.training_run import warm_recipe  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Command line of the exporters: ``python -m exporters convert ...`` (see ``--help``).
 
 Parses arguments, reads examples through ``backend.data`` (a live project through the backend's one Label Studio
-client, ``backend.serving.labelstudio``), writes through ``exporters.writers``.
+client, ``backend.shared.labelstudio``), writes through ``exporters.writers``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from backend.data.schema import LabelConfigError, LabelSchema, load_label_config
 from backend.data.spans import ConversionReport, Example, has_entities
 from backend.data.splits import DEFAULT_SPLIT, parse_fractions, split_keyed
 from backend.data.tasks import IMPORTED_MODEL_VERSION, example_to_task, infer_schema
-from backend.serving.labelstudio import Credentials, LabelStudioClient, LabelStudioError
+from backend.shared.labelstudio import Credentials, LabelStudioClient, LabelStudioError
 from exporters import writers
 
 T = TypeVar("T")

@@ -14,13 +14,13 @@ from backend.model.device import inference_placement
 from backend.data.formats import read_conll2003
 from backend.data.schema import parse_label_config
 from backend.serving.service import NerService
-from backend.serving.training_run import train_project
+from backend.training.training_run import train_project
 from backend.model.config import RecipeOverrides
-from backend.serving.settings import Settings
+from backend.shared.settings import Settings
 from backend.data.spans import ConversionReport, bio_to_spans
-from backend.serving.store import ModelStore
+from backend.shared.store import ModelStore
 from backend.data.tasks import task_to_example
-from tests.service_fakes import FakeJobs, FakeLabelStudio
+from tests.helpers.service_fakes import FakeJobs, FakeLabelStudio
 
 REVIEW_CONFIG = """<View>
   <Text name="review" value="$review"/>

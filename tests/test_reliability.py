@@ -15,12 +15,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,17 +26,18 @@ from typing import Any
 
 import pytest
 
-import backend.serving.store as store_module
+import backend.shared.store as store_module
 from backend.model.metrics import EntityScore, Scores
-from backend.serving.annotated_cache import CACHE_NAME
+from backend.training.annotated_cache import CACHE_NAME
 from backend.serving.app import create_app
-from backend.serving.jobs import JobQueue
+from backend.training.jobs import JobQueue
 from backend.serving.service import NerService, RequestError, project_id
-from backend.serving.settings import Settings
-from backend.serving.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
-from backend.serving.training_run import train_project
+from backend.shared.settings import Settings
+from backend.shared.store import MANIFEST, POINTER, PROMOTIONS, PUBLISHED, TEMPORARY_PREFIX, ModelStore
+from backend.training.training_run import train_project
+from tests.helpers.local_server import free_port, get_json, kill_server, start_server
 from tests.helpers.waits import bound, wait_for
-from tests.service_fakes import (
+from tests.helpers.service_fakes import (
     CONFIG, CountingLoader, FakeJobs, FakeLabelStudio, add_version, annotated_task, write_model_folder,
 )
 
@@ -487,7 +485,7 @@ def _assert_versions_complete(store: ModelStore) -> None:
 
 def _clean_in_a_new_process(root: Path) -> int:
     """``ModelStore.clean_temporary()`` as a restarted server runs it: in another process than the writer's."""
-    code = ("import sys; from backend.serving.store import ModelStore; "
+    code = ("import sys; from backend.shared.store import ModelStore; "
             "print(len(ModelStore(sys.argv[1]).clean_temporary()))")
     done = subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, capture_output=True, text=True,
                           timeout=WAIT_S)
@@ -635,12 +633,6 @@ def test_a_version_that_served_is_still_promoted_after_the_next_promotion(traine
 # ==============================================================================================================
 # 3. kill -9 of the whole server
 # ==============================================================================================================
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _dead_writer_leftover(store: ModelStore, tag: str) -> Path:
     """A ``.tmp-<pid>.<start>-<tag>`` folder as a training killed mid-write leaves it: its writer (a short
     process started and waited for here) no longer runs."""
@@ -681,45 +673,6 @@ def test_start_up_cleaning_removes_a_leftover_only_when_its_writer_is_gone(tmp_p
             running.wait(WAIT_S)
 
 
-def _get(port: int, path: str, timeout: float = 5) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def _start_server(env: dict, port: int, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    try:
-        server = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        log.close()
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if _get(port, "/health", timeout=1)[0] == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.1)
-    _kill_server(server)
-    pytest.fail(f"the server did not answer /health in {WAIT_S} s:\n{log_path.read_text()[-3000:]}")
-
-
-def _kill_server(server: subprocess.Popen) -> None:
-    """SIGKILL to the server's process group (gunicorn's master and its worker), then reap the master."""
-    if server.poll() is None:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    server.wait(WAIT_S)
-
-
 def test_a_server_killed_with_sigkill_restarts_serving_v1_and_removes_a_dead_writers_leftover(tmp_path):
     root = tmp_path / "models"
     store = ModelStore(root)
@@ -728,31 +681,31 @@ def test_a_server_killed_with_sigkill_restarts_serving_v1_and_removes_a_dead_wri
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BASIC_AUTH_", "LABEL_STUDIO_"))
            and k not in ("START_MODEL", "HOST", "PORT", "KEEP_VERSIONS", "MODEL_DIR", "TRAIN_EVERY_N")}
     env.update({"MODEL_DIR": str(root), "TRAIN_EVERY_N": "0", "PYTHONUNBUFFERED": "1"})
-    port, log = _free_port(), tmp_path / "server.log"
+    port, log = free_port(), tmp_path / "server.log"
 
-    server = _start_server(env, port, log)
+    server = start_server(env, port, log)
     try:
-        assert _get(port, "/health") == (200, {"status": "UP", "model_class": "NerBackend"})
+        assert get_json(port, "/health") == (200, {"status": "UP", "model_class": "NerBackend"})
         assert not at_first_start.exists(), "start-up removes a dead writer's leftover"
         killed_with_the_server = _dead_writer_leftover(store, "x")
-        _kill_server(server)
+        kill_server(server)
         with pytest.raises(OSError):
-            _get(port, "/health", timeout=1)
+            get_json(port, "/health", timeout=1)
         assert killed_with_the_server.exists()
 
-        server = _start_server(env, port, log)
-        status, body = _get(port, f"/status?project={PROJECT}")
+        server = start_server(env, port, log)
+        status, body = get_json(port, f"/status?project={PROJECT}")
         assert status == 200
         project = body["projects"][PROJECT]
         assert project["current_version"] == "v1" and project["training"] is False
         assert project["last_error"] is None and project["warnings"] == []
         assert not killed_with_the_server.exists(), "the restart removed the leftover"
         assert _leftovers(_entries(store)) == []
-        status, listing = _get(port, f"/versions?project={PROJECT}")
+        status, listing = get_json(port, f"/versions?project={PROJECT}")
         assert status == 200 and listing["versions"] == ["v1"] and listing["current"] == "v1"
         assert [(d["version"], d["promoted"], d["current"]) for d in listing["details"]] == [("v1", True, True)]
     finally:
-        _kill_server(server)
+        kill_server(server)
 
 
 # ==============================================================================================================
@@ -778,7 +731,7 @@ def test_a_full_disk_in_the_training_child_is_reported_with_what_to_do_and_v1_se
 def test_a_child_that_dies_without_its_status_is_blamed_on_the_disk_only_when_it_is_nearly_full(
         trained, queues, monkeypatch, free_mb, says):
     settings, store = trained
-    monkeypatch.setattr("backend.serving.jobs.free_megabytes", lambda path: free_mb)
+    monkeypatch.setattr("backend.training.jobs.free_megabytes", lambda path: free_mb)
     queue = queues(settings)
     status = _run(queue, "exit-at-once")
     assert says in status.last_error, status.last_error

@@ -2,7 +2,7 @@
 
 Counts follow seqeval's default (CoNLL ``conlleval``) mode, the one the tutorial's metric reports, so figures compare.
 The chunking is written out here rather than imported: ``seqeval.metrics`` pulls in scikit-learn and SciPy (about
-130 MB in every training process). tests/test_metrics.py checks it against seqeval itself on random tag sequences.
+130 MB in every training process). tests/model/test_metrics.py checks it against seqeval itself on random tag sequences.
 """
 from __future__ import annotations
 

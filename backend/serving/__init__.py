@@ -1,2 +1,2 @@
-"""The serving layer: settings, the model store, training jobs and the training run, the Label Studio client, the
-report, the service, the HTTP app and the server. It builds on ``backend.data`` and ``backend.model``."""
+"""The serving process: the HTTP app and server, the service behind it, which model answers and the batching of
+predictions. It builds on ``backend.shared``; of the training loop it knows only the queue (``training.jobs``)."""

@@ -13,9 +13,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.serving.batching import Overloaded
-from backend.serving.public import redact, redact_paths
+from backend.shared.public import redact, redact_paths
 from backend.serving.service import NerService, RequestError
-from backend.serving.settings import Settings
+from backend.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 # How deep a request body may nest (arrays and objects; the outermost counts 1). Label Studio's bodies are shallow:
 # a /predict body nests 10 deep at most (body > tasks > task > annotations > annotation > the prediction it started
-# from > result > region > value > labels), a webhook's 8 (tests/test_json_depth.py measures both), and task data,
+# from > result > region > value > labels), a webhook's 8 (tests/serving/test_json_depth.py measures both), and task data,
 # the project's own JSON, adds a few levels. 64 leaves them 6x that and stays far below the ~1000 levels where
 # Python's json raises RecursionError: a deeper body is refused by name.
 MAX_JSON_DEPTH = 64

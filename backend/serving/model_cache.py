@@ -1,5 +1,5 @@
 """The models in memory of one serving process: each project's announced version (following the store's pointer),
-the start model, loading in the background, and the one check of whether a model fits a project's label config.
+the start model, and loading in the background.
 """
 from __future__ import annotations
 
@@ -7,28 +7,16 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from backend.data.schema import LabelSchema
 from backend.serving.batching import Batcher
-from backend.serving.store import ModelStore, model_labels
+from backend.shared.store import ModelStore, fits, model_labels, start_version
 
 log = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
-START_PREFIX = "start-"
 UNFIT_SUFFIX = " (does not fit the label config)"  # the version name of empty answers while it does not
-
-
-def fits(model_labels: Sequence[str], schema: LabelSchema) -> bool:
-    """A model may serve a project only when every label it can predict is a label of the project's config,
-    so a suggestion never carries a label the project does not have."""
-    return bool(model_labels) and set(model_labels) <= set(schema.labels)
-
-
-def start_version(start_model: Path | None) -> str:
-    """The version name predictions of START_MODEL carry (``start-<folder name>``)."""
-    return START_PREFIX + Path(start_model or "model").name
 
 
 def load_predictor(model_dir: Path) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from gunicorn.app.base import BaseApplication
 
-from backend.serving.settings import Settings
+from backend.shared.settings import Settings
 
 
 class _Gunicorn(BaseApplication):
@@ -81,7 +81,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
 def serve_command(args) -> int:
     """``python -m backend serve [--host H] [--port P] [--workers N]``: settings from the environment, flags win."""
-    from backend.serving.settings import SettingsError
+    from backend.shared.settings import SettingsError
 
     workers = getattr(args, "workers", None)
     environ = {**os.environ, **({"WORKERS": str(workers)} if workers is not None else {})}  # checked as WORKERS is

@@ -1,8 +1,8 @@
 """The ML backend's domain logic without HTTP: per-project state, predictions, webhooks, versions and status.
 
-``NerService`` is what the Flask routes call. It holds a ``ModelCache`` (which model answers) and a job queue
-whose jobs run ``backend.serving.training_run``: in a child process (``jobs``), or on an RQ worker with
-TRAINING_QUEUE (``queue``); it never trains itself.
+``NerService`` is what the Flask routes call. It holds a ``ModelCache`` (which model answers) and the training
+loop's queue (``backend.training.jobs.job_queue``), whose jobs run the training run by name in a child process, or
+on an RQ worker with TRAINING_QUEUE: this process never imports the training code.
 """
 from __future__ import annotations
 
@@ -18,15 +18,14 @@ from typing import Any, Callable
 
 from backend.data.schema import LabelConfigError, LabelSchema, parse_label_config
 from backend.data.tasks import spans_to_results, task_text
-from backend.serving.jobs import JobQueue
-from backend.serving.labelstudio import confirm_project_exists
 from backend.serving.batching import Admission
 from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load_predictor
-from backend.serving.report import report_page
-from backend.serving.settings import Settings
-from backend.serving.store import LOW_DISK_MB, ModelStore, free_megabytes
-from backend.serving.publishing import unfit_message
-from backend.serving.training_run import PUBLISH, publish_resumes, report_failed_run, run_training_job
+from backend.shared.card import report_failed_run
+from backend.shared.labelstudio import confirm_project_exists
+from backend.shared.report import publish_resumes, report_page, unfit_message
+from backend.shared.settings import Settings
+from backend.shared.store import LOW_DISK_MB, ModelStore, free_megabytes
+from backend.training.jobs import PUBLISH, JobQueue, job_queue
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +140,6 @@ class WebhookOutcome:
     decision: str
 
 
-def job_queue(settings: Settings, store: ModelStore,
-              on_abandoned: Callable[[str, dict, str], None] | None = None) -> Any:
-    """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one.
-    ``on_abandoned(project, payload, message)``: what the queue's watchdog does with a run whose worker died."""
-    if settings.training_queue:
-        from backend.serving.queue import RedisJobQueue
-
-        return RedisJobQueue(settings.training_queue, settings.training_queue_name,
-                             report_failure=on_abandoned or functools.partial(report_failed_run, settings))
-    return JobQueue(functools.partial(run_training_job, settings), store.root / ".jobs", nice=settings.train_nice,
-                    concurrency=settings.train_concurrency)
-
-
 class NerService:
     """Per-project predictions, training triggers, versions and status for the HTTP layer.
 
@@ -170,7 +156,7 @@ class NerService:
     ):
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
-        self.jobs = jobs or job_queue(settings, self.store, self._on_abandoned)
+        self.jobs = jobs or job_queue(settings, self.store.root / ".jobs", self._on_abandoned)
         self.models = ModelCache(self.store, settings.start_model, load_predictor,
                                  BatchLimits(settings.predict_max_wait_ms, settings.predict_max_subwords))
         self._admission = Admission(settings.predict_max_requests)

@@ -36,7 +36,7 @@ from scripts.scenario import (
 from scripts.scenario import DOUBT_FIRST, ls_api
 from scripts.demo import doubt_first_view
 from scripts.stack import BackendServer, post_json
-from backend.serving.public import ABSOLUTE_PATH
+from backend.shared.public import ABSOLUTE_PATH
 from tests.helpers.browser import (
     PREDICTION_COLUMNS,
     PREDICTION_MODEL_VERSIONS,
@@ -219,7 +219,7 @@ def seen(browser_available, label_studio, ml_backend, screenshots) -> Seen:
 def _mislabel_training_tasks(ls, project_id: int, annotated: list[int]) -> None:
     """Every span of the annotated tasks the backend trains on (not its validation tasks) relabelled wrong."""
     from backend.data.splits import split_examples
-    from backend.serving.settings import Settings
+    from backend.shared.settings import Settings
     from tests.helpers.synthetic import LABELS
 
     train, _ = split_examples([(task_id, task_id) for task_id in annotated], Settings.validation_fraction)

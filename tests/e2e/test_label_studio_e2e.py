@@ -160,7 +160,7 @@ def test_the_annotated_tasks_are_read_in_filtered_pages_never_an_export(label_st
     # Label Studio filters the pages (tasks with annotations only), so the unlabelled ones are never read
     from label_studio_sdk import LabelStudio
 
-    from backend.serving.labelstudio import Credentials, LabelStudioClient
+    from backend.shared.labelstudio import Credentials, LabelStudioClient
 
     sdk = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
@@ -232,7 +232,7 @@ def test_predicted_spans_have_exact_offsets_and_known_labels(outcome):
 def test_scores_are_in_the_project_instructions_and_the_ml_record(outcome):
     assert outcome.instruction.startswith(LEAD_INSTRUCTION), "the lead's own instructions were changed"
     latest = outcome.versions[-1]["version"]  # the block reports the last run, promoted or not
-    f1 = f"{outcome.versions[-1]['f1']:.3f}"  # backend/serving/report.py writes scores with 3 decimals
+    f1 = f"{outcome.versions[-1]['f1']:.3f}"  # backend/shared/report.py writes scores with 3 decimals
     assert latest in outcome.instruction and f"F1 {f1}" in outcome.instruction
     missing = [label for label in outcome.labels if label not in outcome.instruction]
     assert not missing, f"the per-entity table lacks {missing}"

@@ -49,7 +49,7 @@ def _export_seconds(label_studio, project: int, timeout: float) -> float:
 def test_a_whole_project_request_times_out_where_the_paged_reads_finish(label_studio, big_project):
     import httpx
 
-    from backend.serving.labelstudio import Credentials, LabelStudioClient
+    from backend.shared.labelstudio import Credentials, LabelStudioClient
 
     project, _ = big_project
     whole_s = min(_export_seconds(label_studio, project, 120.0) for _ in range(2))

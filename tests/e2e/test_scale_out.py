@@ -189,10 +189,10 @@ def _work_horse(worker_pid: int) -> int | None:
 
 
 def _queue_record(stack: Stack, project: int) -> dict[str, str]:
-    """The project's record in Redis (``backend.serving.queue``): the queued or running job and its payload."""
+    """The project's record in Redis (``backend.training.queue``): the queued or running job and its payload."""
     import redis
 
-    from backend.serving.queue import project_key as record_key
+    from backend.training.queue import project_key as record_key
 
     client = redis.Redis.from_url(stack.redis.url)
     try:
@@ -205,7 +205,7 @@ def test_a_worker_killed_mid_publishing_is_reported_as_such_and_the_publishing_r
         label_studio, stack):
     """The issue's case: a worker killed with -9 mid-publishing left 1,000 of 1,200 tasks without v1, and the card
     said "training failed: abandoned ... the serving version is unchanged" although v1 was promoted and serves."""
-    from backend.serving.jobs import PUBLISH
+    from backend.training.jobs import PUBLISH
     from tests.helpers.synthetic import restaurant_examples
 
     started = time.monotonic()

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Callable
 
-# event -> bound (s). "slowest": the longest wait for the event over tests/test_app.py, test_batching.py,
+# event -> bound (s). "slowest": the longest wait for the event over tests/serving/test_app.py, test_batching.py,
 # test_jobs.py, test_queue.py and test_reliability.py (1,141 tests) on 2 cores at load average 7.3 (another
 # engineer's suite, a benchmark training against its own Label Studio, a second Label Studio); each bound is at
 # least ten times that, and never under a minute
