@@ -192,7 +192,7 @@ class LabelStudioServer:
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_HOST": self.url,
             # Label Studio's own newer prediction import, which recounts only the tasks it wrote: its 1.23 default
-            # recounts every task of the project per request (README, "Big projects")
+            # recounts every task of the project per request (docs/scaling.md, "Big projects")
             EFFICIENT_PREDICTION_IMPORT: "true",
             # loopback only: Label Studio reports errors to Sentry by default (seen trying, in the soak test)
             "SENTRY_DSN": "",

@@ -64,7 +64,7 @@ def readable_score(score: float) -> float:
     """``score`` (the whole labelling's probability) as 1 / (1 + surprisal), the surprisal being -ln(score): a
     monotone transform, so tasks keep exactly their order, on a scale a person reads. 1: no doubt; 0.5: the labelling
     has probability 1/e; 0.05: surprisal 19. Lower means more doubt. On the stand-in model trained on 500 sentences
-    and on the tests' tiny model, 93% and 100% of unlabelled tasks fall between 0.05 and 0.95 (README)."""
+    and on the tests' tiny model, 93% and 100% of unlabelled tasks fall between 0.05 and 0.95 (docs/publishing.md)."""
     return 0.0 if score <= 0 else 1.0 / (1.0 - math.log(min(score, 1.0)))
 
 

@@ -142,7 +142,7 @@ def predict():
 
 # Label Studio sends Start Training (and "train on annotation submission") with the ML backend's basic auth; a
 # project webhook (annotation events) sends the headers it is given: with auth on, it needs an Authorization
-# header (README). Without auth, only projects the backend knows are acted on (NerService.handle_webhook).
+# header (docs/http.md). Without auth, only projects the backend knows are acted on (NerService.handle_webhook).
 @bp.post("/webhook")
 def webhook():
     # Always 200 and always fast: Label Studio gives up after 1 s and a slow webhook blocks its request.

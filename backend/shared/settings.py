@@ -1,6 +1,6 @@
 """The backend's settings, read once from environment variables into one frozen object.
 
-Names follow Label Studio's own ML backends (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...); the README lists them.
+Names follow Label Studio's own ML backends (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...); docs/settings.md lists them.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ left to finish what it was given, Start Training is pressed once more and, once 
 promoted version announced, Label Studio is read back:
 
 (a) no task holds two predictions of one model version;
-(b) every task without an annotation holds a prediction of the announced version (README, "Every promoted version
+(b) every task without an annotation holds a prediction of the announced version (docs/publishing.md, "Every promoted version
     reaches the annotators"; the project has far fewer tasks than PUBLISH_MAX_TASKS);
 (c) every Start Training press was run or answered: not delivered while the backend was down (Label Studio marks the
     ML record as failed), or run: a training run started after it before the backend was next seen idle, and one

@@ -264,7 +264,7 @@ def _basic(user, password):
 
 def test_basic_auth_protects_everything_but_health(settings, parts):
     # Label Studio sends Start Training with the ML backend's basic auth; a project webhook sends the headers it
-    # is given (README): with auth on, an unauthenticated webhook is refused like any other data route
+    # is given (docs/http.md): with auth on, an unauthenticated webhook is refused like any other data route
     client = _client(replace(settings, basic_auth_user="ls", basic_auth_pass="pw"), parts)
     requests = [("post", "/predict", {"tasks": [], "project": PROJECT}), ("post", "/setup", {"project": PROJECT}),
                 ("get", "/versions?project=3", None), ("get", "/status", None), ("get", "/report?project=3", None),
