@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 REPORT_START = '<section class="ner-backend-report">'
 REPORT_END = "</section>"
 _REPORT_BLOCK = re.compile(re.escape(REPORT_START) + r".*?" + re.escape(REPORT_END), re.DOTALL)
-PAGE_SIZE = 100  # tasks per page of the exporters' whole-project read
 TASK_PAGE_SIZE = 500  # tasks per page of a filtered read: ~0.5 s of Label Studio's time for short texts
 IMPORT_TIMEOUT_S = 600.0  # a prediction import's limit (see ``LabelStudioClient.import_predictions``)
 RETRY_DELAYS_S = (1.0, 3.0, 9.0)  # back-off before each retry of a page that failed or timed out
@@ -359,18 +358,10 @@ class LabelStudioClient:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def export_project(self, project: int, page_size: int = PAGE_SIZE) -> ProjectExport:
-        """Label config and all tasks of ``project``: Label Studio's own JSON export (``projects.exports.as_json``),
-        else, when that endpoint fails, every page of ``tasks.list(fields="all")``."""
-        found = self._call(f"reading project {project}", self._ls.projects.get, id=project)
-        try:
-            tasks = self._ls.projects.exports.as_json(project)
-        except Exception:  # noqa: BLE001 - older servers: page through the tasks instead
-            tasks = self._call(f"listing the tasks of project {project}",
-                               lambda: list(self._ls.tasks.list(project=project, fields="all", page_size=page_size)))
-        if isinstance(tasks, dict):
-            tasks = tasks.get("tasks", [])
-        return ProjectExport(label_config=found.label_config or "", tasks=[_as_dict(task) for task in tasks])
+    def export_project(self, project: int) -> ProjectExport:
+        """Label config and annotated tasks of ``project``, for the exporters: the same filtered pages as training
+        reads (``annotated_tasks``), never the whole project in one request."""
+        return ProjectExport(label_config=self.label_config(project), tasks=self.annotated_tasks(project))
 
     def write_instruction_block(self, project: int, block_html: str) -> None:
         found = self._call(f"reading project {project}", self._ls.projects.get, id=project)

@@ -1,5 +1,5 @@
 """Against a real Label Studio: with a client timeout that a whole-project request cannot meet, the paged reads
-that training and publishing make still finish the job.
+that training, publishing and the exporters make still finish the job.
 
 The timeout is measured, not guessed: the whole JSON export of a project of a few thousand tasks is timed first
 (a generous limit), and the client then gets a third of that per request. A page of 100 tasks is a small part
@@ -61,6 +61,8 @@ def test_a_whole_project_request_times_out_where_the_paged_reads_finish(label_st
                                page_size=PAGE_SIZE, retry_delays_s=(0.5, 1.0, 2.0))
     annotated = client.annotated_tasks(project)
     assert len(annotated) == N_TASKS // 10 and all(task["annotations"] for task in annotated)
+    exported = client.export_project(project)  # what `exporters convert --url ... --project` reads
+    assert exported.label_config == big_project[1] and [t["id"] for t in exported.tasks] == [t["id"] for t in annotated]
     unlabelled = list(client.unlabelled_tasks(project, "v1"))
     assert len(unlabelled) == N_TASKS - N_TASKS // 10
     assert all(task["data"].get("text") and task["model_versions"] == [] for task in unlabelled)

@@ -271,47 +271,25 @@ def test_unreachable_project_fails_clearly_without_printing_the_key(tmp_path):
     assert "secret-key-123" not in done.stderr + done.stdout
 
 
+def test_a_live_project_is_read_in_filtered_pages_of_its_annotated_tasks_never_an_export():
+    from tests.helpers.fake_task_api import FakeTaskApi
+
+    xml = RESTAURANT_XML.read_text()
+    annotated = export_tasks()  # ids 1 to 7; some hold only a cancelled (skipped) annotation or none
+    submitted = [task["id"] for task in annotated if any(not a.get("was_cancelled") for a in task["annotations"])]
+    plain = [{"id": 100 + i, "data": {"text": f"plain {i}"}, "annotations": []} for i in range(30)]
+    with FakeTaskApi(annotated + plain, label_config=xml) as api:
+        client = LabelStudioClient(Credentials(api.url, "k" * 40), page_size=3)
+        project = client.export_project(3)
+        task_reads = [request for request in api.requests if "query" in request]
+    assert project.label_config == xml and [t["id"] for t in project.tasks] == submitted == [1, 2, 3, 4, 6]
+    # 5 annotated tasks in pages of 3: two reads, each filtered; no export (the fake answers any other path 404)
+    assert len(task_reads) == 2 and all(int(request["page_size"]) == 3 for request in task_reads)
+    assert all(request["query"]["filters"]["items"] for request in task_reads)  # filtered to annotated tasks
+
+
 def fetch_project(url, api_key, project, client):
     return LabelStudioClient(Credentials(url, api_key), sdk=client).export_project(project)
-
-
-class _FakeClient:
-    """Stands in for LabelStudio(base_url, api_key): the two calls an export makes."""
-
-    def __init__(self, tasks, label_config, export_fails=False):
-        outer = self
-
-        class Projects:
-            class exports:
-                @staticmethod
-                def as_json(project_id):
-                    if export_fails:
-                        raise RuntimeError("export endpoint missing")
-                    return tasks
-
-            @staticmethod
-            def get(id):
-                return type("Project", (), {"label_config": label_config, "id": id})()
-
-        class Tasks:
-            @staticmethod
-            def list(project, fields, page_size):
-                outer.listed = (project, fields)
-                return iter(tasks)
-
-        self.projects, self.tasks = Projects(), Tasks()
-
-
-def test_live_project_gives_its_label_config_and_tasks():
-    xml = RESTAURANT_XML.read_text()
-    project = fetch_project("http://ls", "key", 3, client=_FakeClient(export_tasks(), xml))
-    assert project.label_config == xml and [t["id"] for t in project.tasks] == [1, 2, 3, 4, 5, 6, 7]
-
-
-def test_live_project_falls_back_to_paging_tasks():
-    client = _FakeClient(export_tasks(), "<View/>", export_fails=True)
-    project = fetch_project("http://ls", "key", 3, client=client)
-    assert len(project.tasks) == 7 and client.listed == (3, "all")
 
 
 def test_live_project_errors_become_source_errors():

@@ -1,6 +1,7 @@
 """A small HTTP server that answers Label Studio 1.23's task list API (``GET /api/tasks/``) the way
 ``data_manager/api.py`` does, for the filters the backend sends (the number of annotations, ``id``, ``updated_at``)
-and ``selectedItems``; it can fail or stall chosen requests. Used with the real label-studio-sdk client."""
+and ``selectedItems``, and a project's label config (``GET /api/projects/<id>/``); it can fail or stall chosen
+requests; any other path is a 404. Used with the real label-studio-sdk client."""
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ class FakeTaskApi:
     number (from 1) -> an HTTP status to answer, or ``"slow"`` to answer after ``slow_s``. ``requests``: the
     parameters of each request, ``query`` decoded."""
 
-    def __init__(self, tasks: list[dict], fail: dict | None = None, slow_s: float = 2.0):
+    def __init__(self, tasks: list[dict], fail: dict | None = None, slow_s: float = 2.0, label_config: str = ""):
         self.tasks = sorted(tasks, key=lambda task: task["id"])
+        self.label_config = label_config
         self.fail = dict(fail or {})
         self.slow_s = slow_s
         self.requests: list[dict] = []
@@ -64,6 +66,9 @@ class FakeTaskApi:
                     time.sleep(api.slow_s)
                 elif failure:
                     return self._answer(failure, {"detail": "failed on purpose"})
+                if url.path.rstrip("/").startswith("/api/projects/"):  # GET /api/projects/<id>/: its label config
+                    number = url.path.rstrip("/").rsplit("/", 1)[-1]
+                    return self._answer(200, {"id": int(number), "label_config": api.label_config})
                 if url.path.rstrip("/") != "/api/tasks":
                     return self._answer(404, {"detail": "not found"})
                 self._answer(200, api.page(params))
