@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from backend.training.queue import ABANDON_GRACE_S, HEARTBEAT_S, RedisJobQueue
+from backend.training.queue import RedisJobQueue
 from backend.shared.store import ModelStore
 from scripts.stack import RedisServer, StackError, TrainingWorker, redis_server_bin
 from tests.helpers.waits import bound, wait_for
@@ -147,10 +146,8 @@ def test_a_worker_killed_mid_job_is_reported_and_the_next_training_works(tmp_pat
     assert stack.queue(watch=False).trigger("5", _payload(tmp_path, "after")) == "scheduled"
     os.kill(worker.pid, signal.SIGKILL)
     assert _wait_until(lambda: not Path(f"/proc/{horse}").exists(), "process gone"), "the job outlived its worker"
-    killed_at = time.monotonic()
+    # noticed once the heartbeat expires, within the "run abandoned" bound measured under load (no clock assertion)
     assert _wait_until(lambda: (queue.status("5").last_error or "").startswith("abandoned"), "run abandoned")
-    noticed_s = time.monotonic() - killed_at
-    assert noticed_s < HEARTBEAT_S + ABANDON_GRACE_S + 15, noticed_s  # bounded: the heartbeat's expiry, not hours
     assert reported and reported[0][0] == "5" and reported[0][2].startswith("abandoned")
     store = ModelStore(stack.model_dir)
     assert store.current("5") is None and store.version_names("5") == []  # nothing half-written is served
