@@ -38,7 +38,7 @@ from backend.shared.settings import Settings  # noqa: E402
 from backend.training.training_run import rebase_due, warm_recipe  # noqa: E402
 
 # Pool sentences a doubt strategy scores per round, a random sample: the whole pool (--candidates 0) takes longer a
-# round and picked no better, from 850 annotations on worse (bench/README).
+# round and picked no better, from 850 annotations on worse (docs/tuning-history.md, the annotation loop's levers).
 CANDIDATES = 2000
 
 

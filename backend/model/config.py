@@ -123,7 +123,7 @@ class TrainingConfig:
     dropout: float | None = knob(None, "probability of every dropout of the model (default: the model's own)",
                                  FRACTION)
     # The lowest layer fixed on large data: ~10% more samples/s at full-data F1 within the seeds' spread; on small
-    # data it costs F1, and 2 of 6 cost it on both (bench/README, tuning log).
+    # data it costs F1, and 2 of 6 cost it on both (docs/tuning-history.md, the tuning log).
     frozen_layers: int | None = knob(None, "keep the lowest N transformer layers fixed: no backward pass through "
                                            "them; faster, usually a little less accurate (default: 1 from "
                                            "small_data_size training windows on, else 0)", NOT_NEGATIVE)
