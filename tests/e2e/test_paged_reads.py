@@ -62,7 +62,8 @@ def test_a_whole_project_request_times_out_where_the_paged_reads_finish(label_st
     annotated = client.annotated_tasks(project)
     assert len(annotated) == N_TASKS // 10 and all(task["annotations"] for task in annotated)
     exported = client.export_project(project)  # what `exporters convert --url ... --project` reads
-    assert exported.label_config == big_project[1] and [t["id"] for t in exported.tasks] == [t["id"] for t in annotated]
+    assert exported.label_config.strip() == big_project[1].strip()  # Label Studio drops the final newline
+    assert [t["id"] for t in exported.tasks] == [t["id"] for t in annotated]
     unlabelled = list(client.unlabelled_tasks(project, "v1"))
     assert len(unlabelled) == N_TASKS - N_TASKS // 10
     assert all(task["data"].get("text") and task["model_versions"] == [] for task in unlabelled)
