@@ -289,8 +289,11 @@ def _train_with(accelerator, placement: Placement, examples, bio_labels, config:
                 validation, progress, started: float) -> TrainingResult | None:
     set_threads(config.threads)
     main = accelerator.is_main_process
-    if not main:
-        logging.getLogger("backend.model").setLevel(logging.ERROR)  # the main process says what the run does
+    if not main:  # the main process says what the run does and what the libraries report on loading the base
+        logging.getLogger("backend.model").setLevel(logging.ERROR)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
     bio_labels = list(bio_labels)
     data = _choose_data(examples, validation, config)
     train_labels = _label_ids(data.train_set, bio_labels)
