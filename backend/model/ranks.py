@@ -63,8 +63,22 @@ def _name_process(title: str) -> None:
         pass  # not Linux: the rank keeps the interpreter's name
 
 
-def _rank_main(rank: int, world: int, port: int, fn: Callable, args: tuple, messages: Any) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent ends (Linux): a watcher killed by SIGKILL (a training child
+    or queue worker stopped by hand, out of memory) must not leave its ranks training for nobody."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+def _rank_main(rank: int, world: int, port: int, fn: Callable, args: tuple, messages: Any, parent: int) -> None:
     """A rank's entry: its environment and name, then ``fn``; its result (rank 0) or its error goes to ``messages``."""
+    _die_with(parent)
     os.environ.update(rank_environment(rank, world, port))
     _name_process(process_title(rank, world))
 
@@ -119,7 +133,7 @@ def run_ranks(world: int, fn: Callable, args: tuple, progress: Callable[[Any], N
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     port = free_port()
-    ranks = [context.Process(target=_rank_main, args=(rank, world, port, fn, args, messages),
+    ranks = [context.Process(target=_rank_main, args=(rank, world, port, fn, args, messages, os.getpid()),
                              name=process_title(rank, world)) for rank in range(world)]
     result, errors, step = None, {}, None
     try:

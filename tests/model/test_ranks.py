@@ -66,3 +66,37 @@ def test_a_killed_rank_is_named_and_the_others_are_stopped(tmp_path):
 def test_an_exit_reads_as_its_cause():
     assert "killed by signal 15 (SIGTERM)" in describe_exit(0, 4, -15)
     assert "exit code 1" in describe_exit(3, 4, 1) and "rank 3" in describe_exit(3, 4, 1)
+
+
+def launcher_of_waiting_ranks(pids_file):
+    """A watcher (its own process) of two ranks that write their pids and wait."""
+    run_ranks(2, waiting_rank, (pids_file,))
+
+
+def waiting_rank(pids_file, report):
+    with open(pids_file, "a") as pids:
+        pids.write(f"{os.getpid()}\n")
+    _wait_for_stop()
+
+
+def test_ranks_end_with_their_watcher(tmp_path):
+    import multiprocessing
+
+    from tests.helpers.waits import wait_for
+
+    pids_file = tmp_path / "pids"
+    watcher = multiprocessing.get_context("spawn").Process(target=launcher_of_waiting_ranks, args=(str(pids_file),))
+    watcher.start()
+    assert wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2, "child event")
+    os.kill(watcher.pid, signal.SIGKILL)  # e.g. a training child killed by hand
+    watcher.join()
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # ended, not yet reaped
+
+    assert wait_for(lambda: all(gone(pid) for pid in pids), "process gone")
