@@ -136,6 +136,7 @@ def run_ranks(world: int, fn: Callable, args: tuple, progress: Callable[[Any], N
     ranks = [context.Process(target=_rank_main, args=(rank, world, port, fn, args, messages, os.getpid()),
                              name=process_title(rank, world)) for rank in range(world)]
     result, errors, step = None, {}, None
+    failed: dict[int, int | None] = {}  # rank -> exit code, of the ranks that ended by themselves without success
     try:
         for process in ranks:
             process.start()
@@ -156,7 +157,6 @@ def run_ranks(world: int, fn: Callable, args: tuple, progress: Callable[[Any], N
                 errors[rank] = body
             return True
 
-        failed: dict[int, int | None] = {}
         while not failed and any(process.exitcode is None for process in ranks):
             take(WATCH_INTERVAL_S)
             failed = {rank: process.exitcode for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)}
