@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=run_server)
     # --- worker ---
     worker = commands.add_parser("worker", help="run an RQ worker that trains the jobs of TRAINING_QUEUE (one job "
-                                                "at a time; one worker per GPU)")
+                                                "at a time: one worker per GPU, or TRAIN_PROCESSES GPUs per job)")
     worker.add_argument("--queue", help="the queue's name (default: TRAINING_QUEUE_NAME, else ner-training)")
     worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
 

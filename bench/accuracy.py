@@ -6,23 +6,27 @@ Each side runs in its own child process (clean peak RSS). Last output line: one 
     python bench/accuracy.py                 # full run (about 10 min on 2 threads)
     python bench/accuracy.py --n 250         # both recipes on the first 250 training sentences
     python bench/accuracy.py --quick         # CI smoke run, under 2 minutes
+    python bench/accuracy.py --processes-comparison   # one process x 2 threads vs 2 processes x 1 thread (+ main's code)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend.model.device import ONEDNN_CACHE_VARIABLES  # noqa: E402
-from common import (  # noqa: E402
-    BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, recipe_options, run_child,
+from common import (  # noqa: E402  (first: it puts this tree's backend ahead of any installed one)
+    ROOT, BIO_LABELS, TRAIN_FILE, VALID_FILE, machine, peak_rss_mb, print_result, read_examples, recipe_options, run_child,
     stand_in_model,
 )
+from backend.model.device import ONEDNN_CACHE_VARIABLES  # noqa: E402
 
 QUICK_TRAIN, QUICK_VALID = 400, 200
 
@@ -107,9 +111,13 @@ def ours_side(args: argparse.Namespace) -> dict:
     if args.ours_epochs is not None:
         overrides["epochs"] = args.ours_epochs
     config = TrainingConfig(base_model=args.base_model, threads=args.threads, seed=args.seed, **overrides)
+    ranks = ChildPeaks()  # the training processes train_model starts when config.processes > 1
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.save_model) if args.save_model else Path(scratch) / "model"
-        result = train_model(train, BIO_LABELS, config, out)
+        started = time.perf_counter()
+        with ranks:
+            result = train_model(train, BIO_LABELS, config, out)
+        wall_s = time.perf_counter() - started
         predictor = Predictor.load(out, threads=args.threads)
         scores = evaluate_model(predictor, valid)
     r = result
@@ -121,7 +129,98 @@ def ours_side(args: argparse.Namespace) -> dict:
         "train_precision": "bf32 emulated in fp32" if args.emulate_bf32 else r.precision,
         "predict_precision": predictor.placement.precision, "torch_threads": torch.get_num_threads(),
         "onednn_cache_capacity": {name: os.environ.get(name) for name in ONEDNN_CACHE_VARIABLES},
+        "processes": r.config.processes, "threads_per_process": r.threads, "seed": args.seed,
+        "wall_s": round(wall_s, 1),  # train_model's call: with processes > 1, their start and end included
+        "ranks_peak_rss_mb": ranks.peaks(), "summed_peak_rss_mb": round(peak_rss_mb() + sum(ranks.peaks())),
         "recipe": {k: v for k, v in asdict(r.config).items() if k not in ("base_model", "device", "precision")}})
+
+
+class ChildPeaks:
+    """Inside the block, every process started below this one (at any depth) is watched; ``peaks()``: each one's
+    peak resident memory (VmHWM) in MB, as last read (every 0.2 s, so at most that much of its end is missed)."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self._peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self) -> list[int]:
+        return [round(mb) for _, mb in sorted(self._peaks.items())]
+
+    def _watch(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval_s):
+            for child in me.children(recursive=True):
+                try:
+                    status = Path(f"/proc/{child.pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self._peaks[child.pid] = max(self._peaks.get(child.pid, 0), int(line.split()[1]) / 1024)
+
+
+def baseline_tree(ref: str, scratch: Path) -> Path:
+    """This repository's code at ``ref`` (``git archive``), beside a link to the shared data its benches read."""
+    root = scratch / "repo"
+    root.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    (scratch / "shared").symlink_to(ROOT.parent / "shared")
+    return root
+
+
+def processes_comparison(args: argparse.Namespace) -> dict:
+    """One training process with ``--threads`` threads against ``--threads`` processes of one thread each, our
+    recipe, every seed of ``--seeds``; and, first, the code at ``--baseline-ref`` (main: today's code) at the first
+    seed with ``--threads`` threads, run from its own tree. Each side in its own child process, one after another."""
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    common = [*(["--n", str(args.n)] if args.n else []), *(["--base-model", args.base_model_given]
+                                                            if args.base_model_given else [])]
+    result: dict = {}
+    if args.baseline_ref:
+        with tempfile.TemporaryDirectory() as scratch:
+            tree = baseline_tree(args.baseline_ref, Path(scratch))
+            # PYTHONPATH: that tree's backend, not one installed in this Python (its accuracy.py imports backend
+            # before its common.py puts its own tree first)
+            today = run_child(tree / "bench" / "accuracy.py",
+                              [*common, "--only", "ours", "--threads", str(args.threads), "--seed", str(seeds[0])],
+                              env={**os.environ, "PYTHONPATH": str(tree)})
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline_ref], text=True,
+                                stdout=subprocess.PIPE, check=True).stdout.strip()
+        result[f"today ({args.baseline_ref} {commit}), 1 process x {args.threads} threads"] = {
+            **today["ours"], "seed": seeds[0]}
+        print_partial(result)
+    layouts = {f"1 process x {args.threads} threads": (1, args.threads),
+               f"{args.threads} processes x 1 thread": (args.threads, 1)}
+    for seed in seeds:
+        for name, (processes, threads) in layouts.items():
+            side = run_child(Path(__file__), [*common, "--side", "ours", "--threads", str(threads), "--seed", str(seed),
+                                              "--ours-option", f"processes={processes}"])
+            result.setdefault(name, []).append(side)
+            print_partial(result)
+    result["summary"] = {name: {"f1_by_seed": {r["seed"]: r["f1"] for r in runs},
+                                "f1_mean": round(sum(r["f1"] for r in runs) / len(runs), 4),
+                                "samples_per_s_mean": round(sum(r["samples_per_s"] for r in runs) / len(runs), 1),
+                                "summed_peak_rss_mb_max": max(r["summed_peak_rss_mb"] for r in runs)}
+                         for name, runs in result.items() if isinstance(runs, list)}
+    return result
+
+
+def print_partial(result: dict) -> None:
+    """Each side's figures as soon as it is measured (stderr): a long comparison shows its progress."""
+    print(json.dumps({"partial": result}), file=sys.stderr, flush=True)
 
 
 def _result(scores, train_s: float, processed: int, train_n: int, valid_n: int, extra: dict) -> dict:
@@ -149,8 +248,15 @@ def main() -> None:
                         help="our side: round every linear layer's inputs to bf16 as bf32 training does on CPUs with bf16 "
                              "units (accuracy only; see bench/bf32_emulation.py)")
     parser.add_argument("--save-model", help="keep our trained model in this folder (for bench/predict_speed.py)")
+    parser.add_argument("--processes-comparison", action="store_true",
+                        help="our recipe as 1 process x THREADS threads against THREADS processes x 1 thread, every "
+                             "seed of --seeds, and the code of --baseline-ref as it is today (1 x THREADS, first seed)")
+    parser.add_argument("--seeds", default="42,1,2", help="seeds of --processes-comparison (default 42,1,2)")
+    parser.add_argument("--baseline-ref", default="main",
+                        help="git ref of today's code for --processes-comparison ('' to leave it out)")
     parser.add_argument("--side", choices=["tutorial", "ours"], help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
+    args.base_model_given = args.base_model
     args.base_model = args.base_model or stand_in_model()
     args.valid_n, args.tutorial_epochs, args.ours_epochs = None, 3, None
     if args.quick:
@@ -158,6 +264,11 @@ def main() -> None:
 
     if args.side:
         print_result((tutorial_side if args.side == "tutorial" else ours_side)(args))
+        return
+    if args.processes_comparison:
+        result = processes_comparison(args)
+        result["machine"] = {**machine(), "threads": args.threads, "n": args.n or "all"}
+        print_result(result)
         return
     forwarded = list(sys.argv[1:])
     if "--only" in forwarded:

@@ -53,12 +53,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(script: Path, args: Sequence[str]) -> dict:
-    """Run ``script`` in a fresh Python process and return the JSON object of its last output line.
+def run_child(script: Path, args: Sequence[str], env: dict | None = None) -> dict:
+    """Run ``script`` in a fresh Python process (environment ``env``, else this one's) and return the JSON object of
+    its last output line.
 
     One process per measured side keeps peak memory and warm caches of one side out of the other's figures.
     """
-    done = subprocess.run([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True)
+    done = subprocess.run([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{script.name} {' '.join(args)} failed with exit code {done.returncode}")

@@ -2,18 +2,21 @@
 # GPU throughput of this project's training and prediction at DistilBERT size, on a CUDA machine with no network.
 #
 # Needs: this repository (run from its root), ../shared/data/mit_restaurant/{restauranttrain,restaurantvalid}.bio,
-# Python with torch (CUDA build) and transformers; beyond those only `safetensors`/`tokenizers` (installed with
-# transformers). No hub access, no label-studio-sdk, no accelerate:
+# Python with torch (CUDA build), transformers and accelerate (requirements.txt); beyond those only
+# `safetensors`/`tokenizers` (installed with transformers). No hub access, no label-studio-sdk:
 # the model is DistilBERT's architecture (6 layers, hidden 768, 66M parameters) built from a config with random
 # weights, and its word-piece vocabulary is built from the training data (padded to DistilBERT's 30522 entries).
 # Random weights make the F1 meaningless: this measures speed only.
 #
-# Usage: bash bench/gpu.sh [EPOCHS]   (default 3). Last output line: one JSON object.
+# Usage: bash bench/gpu.sh [EPOCHS] [multi]   (default 3). Last output line: one JSON object.
+# multi: one training on 1 GPU, then the same training as one process per GPU on all of them (TRAIN_PROCESSES,
+# docs/deploy.md), both in this run: samples/s of each and their ratio (no prediction timing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-EPOCHS="${1:-3}" python - <<'PY'
+EPOCHS="${1:-3}" MODE="${2:-one}" python - <<'PY'
 import json, os, sys, tempfile, time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,6 +46,20 @@ DistilBertModel(DistilBertConfig(vocab_size=len(vocab))).save_pretrained(base)
 gpu = torch.cuda.get_device_name(0)
 config = TrainingConfig(base_model=str(base), epochs=int(os.environ["EPOCHS"]), device="cuda", precision="bf16",
                         batch_size=32, early_stopping_patience=0)
+if os.environ["MODE"] == "multi":
+    gpus = torch.cuda.device_count()
+    sides = {}
+    for processes in dict.fromkeys((1, gpus)):  # the same recipe: 32 sentences a step, shared among the GPUs
+        started = time.perf_counter()
+        m = train_model(train, bio, replace(config, processes=processes), scratch / f"trained-{processes}").record()
+        sides[f"{processes} GPU(s)"] = {"train_s": m["train_time_s"], "samples_per_s": m["samples_per_s"],
+                                        "wall_s": round(time.perf_counter() - started, 1), "precision": m["precision"],
+                                        "optimizer_steps": m["optimizer_steps"], "epochs": m["epochs_run"]}
+    rates = [side["samples_per_s"] for side in sides.values()]
+    print(json.dumps({"gpu": gpu, "gpus": gpus, "model": "DistilBERT-sized (6x768, random weights)",
+                      "train_sentences": len(train), **sides, "speed_up": round(rates[-1] / rates[0], 2),
+                      "versions": m["versions"]}))
+    sys.exit(0)
 result = train_model(train, bio, config, scratch / "trained")
 m = result.record()
 

@@ -110,7 +110,11 @@ class TrainingConfig:
                                       "last epoch)", FRACTION)
     early_stopping_patience: int = knob(3, "stop after this many epochs without a better F1 (0: never), once past "
                                            "min_steps; only with a validation set (given or carved)", NOT_NEGATIVE)
-    threads: int | None = knob(None, "torch intra-op CPU threads (default: PyTorch's, all cores)", POSITIVE)
+    threads: int | None = knob(None, "torch intra-op CPU threads of each training process (default: PyTorch's, all "
+                                     "cores; with several processes on a CPU, the cores shared among them)", POSITIVE)
+    processes: int = knob(1, "processes one training runs as: one per GPU (GPUs 0..N-1), or N over a CPU's cores; "
+                             "the recipe means the same for any N (sentences per optimizer step, epochs, schedule, "
+                             "data order)", POSITIVE)
     weight_decay: float = knob(0.01, "AdamW weight decay (not on biases and normalisation weights)",
                                NOT_NEGATIVE_NUMBER)
     warmup_ratio: float = knob(0.1, "share of the steps with a rising learning rate", FRACTION)

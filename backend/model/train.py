@@ -24,6 +24,7 @@ from backend.model.base_model import (BaseModelError, check_base_model, freeze, 
 from backend.model.config import TrainingConfig
 from backend.model.device import (Placement, bound_onednn_caches, matmul_precision, set_threads,
                                   training_placement)
+from backend.model.ranks import run_ranks
 from backend.model.dropout import use_fast_dropout
 from backend.model.encoding import encode_word_lists, label_batch, length_grouped_batches, pad_batch
 from backend.model.metrics import Scores, score_tags
@@ -228,6 +229,7 @@ class _Plan:
 class _Fit:
     """How the epochs went: per-epoch records, the best epoch and its scores, steps and windows seen."""
 
+    model: torch.nn.Module  # the trained model itself (not accelerate's wrapper), holding the best epoch's weights
     history: list[dict]
     best_epoch: int
     best_scores: Scores | None
@@ -254,14 +256,47 @@ def train_model(
     base_model.py): its tokenizer reads pre-split words as running text, a head of other labels is replaced, the
     fixed parts are found in its structure, windows fit its positions; each adaptation is logged and kept in
     ``notes``. A base that cannot train is a ``BaseModelError`` naming what is wrong.
+
+    With ``config.processes`` N > 1 the training runs as N processes (one per GPU, or over the CPU's cores, gloo),
+    which this one starts and watches (``ranks.run_ranks``): the main one reports ``progress`` and saves; a process
+    that dies stops the others, and the error says which (``ranks.RankDied``). The recipe means the same for any N.
     """
+    if config.processes > 1:
+        # N processes, one per GPU or over the CPU's cores; this one watches them (backend/model/ranks.py).
+        return run_ranks(config.processes, _train, (examples, bio_labels, config, out_dir, validation), progress)
+    return _train(examples, bio_labels, config, out_dir, validation, progress)
+
+
+def _train(examples: Sequence[Example], bio_labels: Sequence[str], config: TrainingConfig, out_dir: Path,
+           validation: Sequence[Example] | None, progress: Callable[[TrainingProgress], None] | None
+           ) -> TrainingResult | None:
+    """One process's part of ``train_model``: all of it with one process; with several, every rank prepares the
+    same data, windows and step plan, trains on its share of each step's sentences, and the main process (rank 0)
+    scores, reports progress, saves and returns the result (the others return None)."""
     started = time.perf_counter()
     bound_onednn_caches()  # a training process's memory (backend/model/device.py)
+    placement = training_placement(config.device, config.precision)
+    accelerator = _accelerator(placement, config)
+    try:
+        placement = Placement(accelerator.device, placement.precision, placement.reason)  # this process's device
+        return _train_with(accelerator, placement, examples, bio_labels, config, out_dir, validation, progress,
+                           started)
+    finally:
+        _release(accelerator)
+
+
+def _train_with(accelerator, placement: Placement, examples, bio_labels, config: TrainingConfig, out_dir: Path,
+                validation, progress, started: float) -> TrainingResult | None:
     set_threads(config.threads)
+    main = accelerator.is_main_process
+    if not main:  # the main process says what the run does and what the libraries report on loading the base
+        logging.getLogger("backend.model").setLevel(logging.ERROR)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
     bio_labels = list(bio_labels)
     data = _choose_data(examples, validation, config)
     train_labels = _label_ids(data.train_set, bio_labels)
-    placement = training_placement(config.device, config.precision)
     base_config = check_base_model(config.base_model)
     tokenizer, tokenization = load_tokenizer(config.base_model)
     notes: list[str] = []
@@ -281,9 +316,11 @@ def train_model(
     for text in not_applied:
         _note(notes, text, warn=True)
     plan = _plan(config, windows)
-    fit = _fit(model, tokenizer, windows, window_labels, data.validation, plan, config, placement, progress, started,
-               window_length)
-    _save(model, tokenizer, window_length, out_dir, [e.tokens for e in data.train_set[:50]])
+    fit = _fit(accelerator, model, tokenizer, windows, window_labels, data.validation, plan, config, placement,
+               progress if main else None, started, window_length)
+    if not main:
+        return None
+    _save(fit.model, tokenizer, window_length, out_dir, [e.tokens for e in data.train_set[:50]])
     result = TrainingResult(
         model_dir=Path(out_dir),
         selection_scores=fit.best_scores,
@@ -305,7 +342,7 @@ def train_model(
         device=str(placement.device),
         precision=placement.precision,
         precision_reason=placement.reason,
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads(),  # of each process
         versions=library_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         window_length=window_length,
@@ -356,8 +393,7 @@ def _build_model(config: TrainingConfig, base_config, bio_labels: list[str], pla
     # The seed goes first: from_pretrained draws the new classifier head from torch's generator.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model, head = load_token_classifier(config.base_model, base_config, bio_labels)
-    model.to(placement.device)
+    model, head = load_token_classifier(config.base_model, base_config, bio_labels)  # accelerate places it
     _set_dropout(model, config.dropout)
     if placement.device.type == "cpu":
         use_fast_dropout(model)  # PyTorch's CPU dropout is a sizeable share of a step (backend/model/dropout.py)
@@ -385,18 +421,85 @@ def _plan(config: TrainingConfig, windows: Sequence) -> _Plan:
     return _Plan(batch_size, epoch_batches)
 
 
-def _fit(model, tokenizer, windows, window_labels, validation: list[Example], plan: _Plan, config: TrainingConfig,
-         placement: Placement, progress: Callable[[TrainingProgress], None] | None, started: float,
-         window_length: int) -> _Fit:
+# accelerate's names of the precisions it runs itself (autocast, and for fp16 a loss scaler); bf32 and fp32 are
+# fp32 to it, bf32's bf16 matrix multiplies are this project's (device.matmul_precision), which it cannot express.
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "bf32": "no", "fp32": "no"}
+
+
+def _accelerator(placement: Placement, config: TrainingConfig):
+    """accelerate's ``Accelerator`` for this process: it places the model and the batches, runs the precision's
+    autocast (and fp16's loss scaler), joins the processes of one training (the environment ``ranks.run_ranks``
+    gives them) and synchronises their gradients. ``split_batches``: a step's sentences are the recipe's batch,
+    shared among the processes, so the learning-rate schedule steps once per optimizer step whatever their number
+    (without it, accelerate steps it once per process).
+    """
+    import warnings
+
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    if placement.device.type == "cuda" and placement.device.index is not None:
+        if config.processes > 1:
+            raise ValueError(f"device {config.device} names one GPU; {config.processes} processes use GPUs 0.."
+                             f"{config.processes - 1} (CUDA_VISIBLE_DEVICES chooses them): use --device cuda or auto")
+        torch.cuda.set_device(placement.device)  # accelerate's one process uses the current GPU
+    if placement.device.type == "cuda" and config.processes > torch.cuda.device_count():
+        raise ValueError(f"{config.processes} training processes, one per GPU, but {torch.cuda.device_count()} GPU(s) "
+                         "are visible")
+    with warnings.catch_warnings():
+        # several processes on a CPU: accelerate shares the cores among them, and says so as a warning each time
+        warnings.filterwarnings("ignore", message="OMP_NUM_THREADS/MKL_NUM_THREADS unset")
+        return Accelerator(cpu=placement.device.type == "cpu", mixed_precision=MIXED_PRECISION[placement.precision],
+                           dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def _release(accelerator) -> None:
+    """Leave no process group nor accelerate state behind: the next training in this process (tests, benchmarks)
+    may use another precision or device, which accelerate's process-wide state would refuse."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def labelled_positions(window) -> int:
+    """The positions of ``window`` the loss counts: each word's first subword (``encoding.label_batch``)."""
+    return sum(1 for position in window.word_positions if position >= 0)
+
+
+def shard(batch_indices: list[int], rank: int, processes: int) -> list[int]:
+    """The part of one step's sentences that process ``rank`` of ``processes`` computes: every ``processes``-th of
+    the length-grouped batch, so the shards are alike in length and together are the batch.
+
+    >>> shard([7, 3, 9, 4, 1], 0, 2), shard([7, 3, 9, 4, 1], 1, 2), shard([5], 1, 2)
+    ([7, 9, 1], [3, 4], [])
+    """
+    return batch_indices[rank::processes]
+
+
+def _fit(accelerator, model, tokenizer, windows, window_labels, validation: list[Example], plan: _Plan,
+         config: TrainingConfig, placement: Placement, progress: Callable[[TrainingProgress], None] | None,
+         started: float, window_length: int) -> _Fit:
     """The epochs: optimizer steps over the planned batches, each epoch scored on ``validation`` (when there is
     one) and the best epoch's weights kept in memory and loaded back at the end; early stopping once past
-    ``min_steps``."""
+    ``min_steps``.
+
+    Each process computes its ``shard`` of every planned batch; its loss is its share of the batch's mean over the
+    labelled positions of the whole batch, times the number of processes, since accelerate's gradient
+    synchronisation averages over them: the gradient is the batch's mean, as one process computes it. The main
+    process scores the epochs and tells the others whether to go on.
+    """
+    from accelerate.utils import broadcast_object_list
+
     total_steps = plan.total_steps
     optimizer = _optimizer(model, config, placement)
     scheduler = _schedule(optimizer, total_steps, config.warmup_ratio)
-    scaler = torch.amp.GradScaler("cuda") if placement.precision == "fp16" else None
-    autocast_on = placement.precision in ("bf16", "fp16")
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    trained = accelerator.unwrap_model(model)  # the model itself, still running the precision's autocast
+    rank, processes = accelerator.process_index, accelerator.num_processes
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    counted = [labelled_positions(w) for w in windows]
 
     history: list[dict] = []
     best_f1, best_epoch, best_state, best_scores, stale = -1.0, 0, None, None, 0
@@ -405,57 +508,59 @@ def _fit(model, tokenizer, windows, window_labels, validation: list[Example], pl
     with matmul_precision(placement):  # bf32: the matrix multiplies on the CPU's bf16 units
         for epoch, batches in enumerate(plan.epoch_batches, start=1):
             model.train()
-            loss_sum, loss_count = 0.0, 0
+            loss_sum = 0.0
             for batch_indices in batches:
-                batch = [windows[i] for i in batch_indices]
+                mine = shard(batch_indices, rank, processes)
+                # A batch smaller than the number of processes leaves a process without sentences; it still takes
+                # part in the step (every process's gradients are summed) with a loss of weight 0.
+                batch = [windows[i] for i in mine or batch_indices[:1]]
                 ids, mask = pad_batch(batch, pad_id)
-                labels = label_batch(batch, [window_labels[i] for i in batch_indices], ids.shape[1])
-                ids, mask, labels = (t.to(placement.device) for t in (ids, mask, labels))
-                with torch.autocast(placement.device.type, dtype=placement.dtype, enabled=autocast_on):
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100
+                labels = label_batch(batch, [window_labels[i] for i in mine or batch_indices[:1]], ids.shape[1])
+                ids, mask, labels = (t.to(accelerator.device) for t in (ids, mask, labels))
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                summed = torch.nn.functional.cross_entropy(
+                    logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100, reduction="sum"
                 )
+                share = summed / max(sum(counted[i] for i in batch_indices), 1) * (1 if mine else 0)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                accelerator.backward(share * processes)
+                optimizer.step()
                 scheduler.step()
                 step += 1
-                windows_seen += len(batch)
-                loss_sum += loss.item()
-                loss_count += 1
+                windows_seen += len(batch_indices)
+                loss_sum += share.item()
                 if progress is not None:
                     progress(TrainingProgress(step, total_steps, epoch, time.perf_counter() - started))
 
-            record = {"epoch": epoch, "loss": loss_sum / max(loss_count, 1), "elapsed_s": time.perf_counter() - started}
-            if validation:
-                predictor = Predictor(model, tokenizer, placement, batch_size=config.eval_batch_size,
+            loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
+            record = {"epoch": epoch, "loss": loss / max(len(batches), 1), "elapsed_s": time.perf_counter() - started}
+            stop = False
+            if validation and accelerator.is_main_process:
+                predictor = Predictor(trained, tokenizer, placement, batch_size=config.eval_batch_size,
                                       max_length=window_length)
                 scores = _score(predictor, validation)
                 record["f1"] = scores.overall.f1
                 if scores.overall.f1 > best_f1:
                     best_f1, best_epoch, best_scores, stale = scores.overall.f1, epoch, scores, 0
                     # Keep the best weights in memory instead of saving every epoch; frozen ones never change.
-                    best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+                    best_state = {k: v.detach().clone() for k, v in trained.named_parameters() if v.requires_grad}
                 else:
                     stale += 1
+                # Never stop before the minimum number of steps: on small data the early epochs are noisy, not done.
+                patience_over = config.early_stopping_patience and stale >= config.early_stopping_patience
+                stop = bool(patience_over and step >= config.min_steps)
             history.append(record)
-            # Never stop before the minimum number of steps: on small data the early epochs are noisy, not done.
-            patience_over = config.early_stopping_patience and stale >= config.early_stopping_patience
-            if validation and patience_over and step >= config.min_steps:
+            if validation:
+                stop = broadcast_object_list([stop])[0]  # every process stops after the same epoch
+            if stop:
                 break
     train_time = time.perf_counter() - train_started
 
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        trained.load_state_dict(best_state, strict=False)
     else:
         best_epoch = len(history)
-    return _Fit(history, best_epoch, best_scores, step, windows_seen, train_time)
+    return _Fit(accelerator.unwrap_model(model, keep_fp32_wrapper=False), history, best_epoch, best_scores, step, windows_seen, train_time)
 
 
 def _save(model, tokenizer, window_length: int, out_dir: Path, sample: Sequence[Sequence[str]]) -> None:

@@ -136,3 +136,22 @@ def test_zero_epochs_or_batch_size_is_refused_by_the_parser(option, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", "x.bio", "--out", "x", option, "0"])
     assert "not a whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_with_processes_runs_one_training_as_that_many(tmp_path, bio_files, tiny_base_model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "two"
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "train", "--data", str(bio_files[0]), "--base-model", str(tiny_base_model),
+         "--out", str(out), "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--threads", "1",
+         "--train-embeddings", "--precision", "fp32", "--processes", "2"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["processes"] == 2 and metrics["optimizer_steps"] == 16  # 2 epochs of 120 / 16
+    assert done.stdout.startswith(f"saved {out}")
+    assert done.stderr.count("LOAD REPORT") <= 1  # the main process says what loading the base gave; the other not

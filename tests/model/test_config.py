@@ -16,7 +16,7 @@ VALID = {"base_model": "some/model", "epochs": "4", "lr": "3e-5", "batch_size": 
          "precision": "bf32", "carve_fraction": "0.25", "early_stopping_patience": "0", "threads": "2",
          "weight_decay": "0.1", "warmup_ratio": "0.2", "default_epochs": "3", "min_steps": "10", "max_epochs": "9",
          "freeze_embeddings": "false", "dropout": "0.2", "frozen_layers": "2", "head_lr": "1e-3",
-         "eval_batch_size": "16"}
+         "eval_batch_size": "16", "processes": "2"}
 
 
 def _parser():

@@ -1,0 +1,102 @@
+"""The launcher of one training's processes (backend/model/ranks.py), with stand-in rank functions: rank 0's result
+and progress come back, a rank's error is raised as it was, a killed rank is named and the others are stopped."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.model.ranks import RankDied, describe_exit, run_ranks
+from tests.helpers.waits import bound
+
+WAIT_S = bound("child event")
+
+
+# --- stand-in ranks (module level: the spawned processes import them by name) -------------------------------
+def reporting_rank(tag, report):
+    rank = int(os.environ["RANK"])
+    report((tag, rank, int(os.environ["WORLD_SIZE"])))
+    return f"{tag} from rank {rank}"
+
+
+def failing_rank(report):
+    if os.environ["RANK"] == "1":
+        raise ValueError("tags ['B-Wine'] are not in the label list")
+    _wait_for_stop()
+
+
+def killed_rank(started, report):
+    if os.environ["RANK"] == "1":
+        deadline = time.monotonic() + WAIT_S
+        while not Path(started).exists() and time.monotonic() < deadline:  # rank 0 runs
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGKILL)
+    Path(started).write_text(str(os.getpid()))
+    _wait_for_stop()
+
+
+def _wait_for_stop():
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:  # until the launcher stops this rank
+        time.sleep(0.05)
+
+
+def test_rank_0s_result_comes_back_and_every_report_reaches_the_caller():
+    seen = []
+    assert run_ranks(3, reporting_rank, ("hello",), seen.append) == "hello from rank 0"
+    assert sorted(seen) == [("hello", 0, 3), ("hello", 1, 3), ("hello", 2, 3)]
+
+
+def test_an_error_of_a_rank_is_raised_as_it_was():
+    with pytest.raises(ValueError, match=r"B-Wine"):
+        run_ranks(2, failing_rank, ())
+
+
+def test_a_killed_rank_is_named_and_the_others_are_stopped(tmp_path):
+    started = tmp_path / "rank0"
+    with pytest.raises(RankDied) as error:
+        run_ranks(2, killed_rank, (str(started),))
+    assert "rank 1" in str(error.value) and "SIGKILL" in str(error.value)
+    pid = int(started.read_text())  # rank 0 was running, and is gone now: not left waiting on its peer
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_an_exit_reads_as_its_cause():
+    assert "killed by signal 15 (SIGTERM)" in describe_exit(0, 4, -15)
+    assert "exit code 1" in describe_exit(3, 4, 1) and "rank 3" in describe_exit(3, 4, 1)
+
+
+def launcher_of_waiting_ranks(pids_file):
+    """A watcher (its own process) of two ranks that write their pids and wait."""
+    run_ranks(2, waiting_rank, (pids_file,))
+
+
+def waiting_rank(pids_file, report):
+    with open(pids_file, "a") as pids:
+        pids.write(f"{os.getpid()}\n")
+    _wait_for_stop()
+
+
+def test_ranks_end_with_their_watcher(tmp_path):
+    import multiprocessing
+
+    from tests.helpers.waits import wait_for
+
+    pids_file = tmp_path / "pids"
+    watcher = multiprocessing.get_context("spawn").Process(target=launcher_of_waiting_ranks, args=(str(pids_file),))
+    watcher.start()
+    assert wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2, "child event")
+    os.kill(watcher.pid, signal.SIGKILL)  # e.g. a training child killed by hand
+    watcher.join()
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # ended, not yet reaped
+
+    assert wait_for(lambda: all(gone(pid) for pid in pids), "process gone")
