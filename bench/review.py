@@ -21,12 +21,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIO_LABELS, TRAIN_FILE, machine, print_result, read_examples, recipe_options, stand_in_model  # noqa: E402
+from common import (
+    BIO_LABELS,
+    TRAIN_FILE,
+    machine,
+    print_result,
+    read_examples,
+    recipe_options,
+    stand_in_model,
+)
 
-from backend.data.review import findings, word_spans  # noqa: E402
-from backend.data.spans import Example  # noqa: E402
-from backend.model.config import TrainingConfig  # noqa: E402
-from backend.training.review import review_examples, score_with_model  # noqa: E402
+from backend.data.review import findings, word_spans
+from backend.data.spans import Example
+from backend.model.config import TrainingConfig
+from backend.training.review import review_examples, score_with_model
 
 KINDS = ("type swap", "boundary shift", "deleted span", "spurious span")
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from backend.data.schema import LabelSchema
 from backend.data.spans import OUTSIDE, ConversionReport, Example, clean_spans

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from backend.data.review import UNALIGNED_KINDS, agreement, findings, fold_of
 from backend.data.schema import LabelSchema, parse_label_config
@@ -76,12 +77,13 @@ def review_examples(keyed: Sequence[tuple[Any, Example]], bio_labels: Sequence[s
         if not train:
             raise ReviewDataError(f"all {len(keyed)} tasks fell in one fold; annotate more tasks")
 
-        def on_progress(p, fold=fold) -> None:
-            done = fold * p.total_steps + p.step
-            progress("reviewing", step=done, total_steps=folds * p.total_steps,
-                     message=f"fold {fold + 1}/{folds}: training on {len(train)} tasks")
+        training = f"fold {fold + 1}/{folds}: training on {len(train)} tasks"
 
-        progress("reviewing", message=f"fold {fold + 1}/{folds}: training on {len(train)} tasks")
+        def on_progress(p, fold=fold, training=training) -> None:
+            done = fold * p.total_steps + p.step
+            progress("reviewing", step=done, total_steps=folds * p.total_steps, message=training)
+
+        progress("reviewing", message=training)
         out = Path(work_dir) / f"fold-{fold}"
         try:
             result = train_fn(train, list(bio_labels), recipe, out, progress=on_progress)

@@ -3,8 +3,17 @@ hand-counted cases and by properties."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.data.review import (EXTRA, MISSING, OTHER_BOUNDARY, OTHER_TYPE, agreement, annotation_spans, findings,
-                                 fold_of, word_spans)
+from backend.data.review import (
+    EXTRA,
+    MISSING,
+    OTHER_BOUNDARY,
+    OTHER_TYPE,
+    agreement,
+    annotation_spans,
+    findings,
+    fold_of,
+    word_spans,
+)
 from backend.data.schema import LabelSchema
 from backend.data.spans import Example, split_words
 
@@ -129,7 +138,7 @@ SPANS = st.lists(st.sampled_from([(0, 5, "Price"), (6, 10, "Cuisine"), (6, 10, "
 @given(st.lists(st.tuples(SPANS, SPANS), min_size=1, max_size=5))
 def test_agreement_is_symmetric_and_one_only_for_identical_annotations(pairs):
     text = "cheap thai food"
-    spans = lambda chosen: [span(s, e, label) for s, e, label in chosen if e <= len(text)]  # noqa: E731
+    spans = lambda chosen: [span(s, e, label) for s, e, label in chosen if e <= len(text)]
     tasks = [{"id": i, "data": {"text": text}, "annotations": [annotation(1, *spans(a)), annotation(2, *spans(b))]}
              for i, (a, b) in enumerate(pairs)]
     swapped = [{"id": i, "data": {"text": text}, "annotations": [annotation(2, *spans(a)), annotation(1, *spans(b))]}
