@@ -19,8 +19,8 @@ import pytest
 
 from backend.shared.settings import Settings
 from scripts.scenario import connect_backend, create_project, import_tasks, ls_api
-from scripts.stack import BackendServer, StackError
-from tests.e2e.conftest import TINY_TRAINING_ENV
+from scripts.stack import BackendServer
+from tests.e2e.conftest import TINY_TRAINING_ENV, _running
 from tests.helpers.service_fakes import CONFIG
 from tests.helpers.waits import wait_for
 
@@ -109,15 +109,11 @@ def reviewed(label_studio, tiny_base_model_dir, tmp_path_factory):
                                 "ground_truth": False})
         tasks.append({"data": {"text": text}, "annotations": annotations})
     task_ids = import_tasks(ls, project, tasks)
-    backend = BackendServer(label_studio_url=label_studio.url, api_key=label_studio.token,
-                            model_dir=tmp_path_factory.mktemp("review-models"), base_model=str(tiny_base_model_dir),
-                            extra_env={**TINY_TRAINING_ENV, "TRAIN_FREEZE_EMBEDDINGS": "false",
-                                       "REVIEW_EPOCHS": "40"})
-    try:
-        backend.start()
-    except StackError as error:
-        backend.stop()
-        pytest.fail(str(error), pytrace=False)
+    running = _running(BackendServer(
+        label_studio_url=label_studio.url, api_key=label_studio.token, model_dir=tmp_path_factory.mktemp("models"),
+        base_model=str(tiny_base_model_dir),
+        extra_env={**TINY_TRAINING_ENV, "TRAIN_FREEZE_EMBEDDINGS": "false", "REVIEW_EPOCHS": "40"}))
+    backend = next(running)
     try:
         connect_backend(ls, project, backend.url)
         started = _post(f"{backend.url}/review?project={project}")  # what the report page's button sends
@@ -128,7 +124,7 @@ def reviewed(label_studio, tiny_base_model_dir, tmp_path_factory):
         yield {"project": project, "backend": backend, "task_ids": task_ids, "sentences": sentences, "bob": bob,
                "review": _get(review_url), "ls": ls}
     finally:
-        backend.stop()
+        running.close()  # stops the backend by its process id
 
 
 def _get(url: str) -> dict:

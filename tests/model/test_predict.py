@@ -169,3 +169,19 @@ def test_a_lone_surrogate_in_a_text_does_not_take_its_batch_down(predictor):
     assert second.spans == predictor.predict(["italian food"])[0].spans
     for span in first.spans:
         assert texts[0][span.start:span.end] == span.text
+
+
+def test_a_labelling_is_scored_against_the_models_best_one(predictor):
+    # the review's score (backend/training/review.py): 0 for the model's own labelling, the summed log-ratio of the
+    # words it reads otherwise for another; the per-word figures are the log-probabilities predict_words decodes
+    words = "cheap thai food near me".split()
+    (best_tags, confidences), = predictor.predict_words([words])
+    (own,) = predictor.score_labellings([words], [best_tags])
+    assert own.best_tags == best_tags and own.log_ratio == 0.0
+    assert [round(math.exp(b), 5) for b in own.best] == [round(c, 5) for c in confidences]
+    changed = list(best_tags)
+    changed[1] = "B-Dish" if best_tags[1] != "B-Dish" else "B-Price"
+    (other,) = predictor.score_labellings([words], [changed])
+    assert other.log_ratio == pytest.approx(other.best[1] - other.given[1], abs=1e-4) and other.log_ratio > 0
+    with pytest.raises(ValueError, match="4 tags for 5 words"):
+        predictor.score_labellings([words], [best_tags[:4]])
