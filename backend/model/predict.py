@@ -47,10 +47,18 @@ class LabellingScore:
     best_tags: list[str]
     given: list[float]
     best: list[float]
+    rows: list[list[float]] | None = None  # per word, every label's log-probability (the model's label order)
 
     @property
     def log_ratio(self) -> float:
         return max(0.0, sum(self.best) - sum(self.given))
+
+    @property
+    def worst_word(self) -> float:
+        """The largest log-ratio of one word (its best tag's log-probability less its given tag's; 0 without words):
+        a labelling is as doubtful as its most doubtful word (cleanlab's "min" pooling of token label quality), so
+        a long phrase the model reads a little otherwise word after word does not outrank one clearly wrong word."""
+        return max([0.0, *(best - given for best, given in zip(self.best, self.given))])
 
 
 def least_certain_word(confidences: Sequence[float]) -> float:
@@ -210,7 +218,7 @@ class Predictor:
                 raise ValueError(f"{len(tags)} tags for {len(per_word)} words")
             best = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).squeeze(1).tolist()
             given = [float(row[index[tag]]) if tag in index else -1e4 for row, tag in zip(per_word, tags)]
-            results.append(LabellingScore([self.bio_labels[i] for i in ids], given, best))
+            results.append(LabellingScore([self.bio_labels[i] for i in ids], given, best, per_word.tolist()))
         return results
 
     def word_log_probs(self, token_lists: Sequence[Sequence[str]]) -> list[torch.Tensor]:

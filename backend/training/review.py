@@ -3,15 +3,18 @@ errors found out-of-sample, and annotator agreement.
 
 k-fold over the annotated tasks (``review.fold_of``: a hash of the task id): each fold's model is trained from
 BASE_MODEL with the project's recipe on the other folds and scores only its own fold, so no task is ever scored by a
-model that trained on it (the serving version saw them all: it is never used here). A task's score is the log of
-how much likelier the model finds its best labelling than the annotation's (``LabellingScore.log_ratio``, nats: 0
-when they agree); its findings say which spans differ and how (``review.findings``). Agreement needs no model
+model that trained on it (the serving version saw them all: it is never used here). A task's score is the doubt of its most doubtful word: how much likelier the
+model finds another label than the annotated one there (nats), each label's log-probability taken relative to its
+mean on the words annotated with it (``class_thresholds``, ``word_doubts``); 0 when the annotated labels lead
+everywhere; ties broken by the whole sequences' log-ratio (``LabellingScore.log_ratio``, kept as
+``sequence_log_ratio``); its findings say which spans differ and how (``review.findings``). Agreement needs no model
 (``review.agreement``). The record is written atomically to ``MODEL_DIR/<project>/review.json`` (``store.
 record_review``), which ``GET /review`` reads; the Instructions block, a Data Manager tab and the card show it.
 """
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -68,7 +71,7 @@ def review_examples(keyed: Sequence[tuple[Any, Example]], bio_labels: Sequence[s
     score_fn = score_fn or score_with_model
     progress = progress or (lambda *args, **kwargs: None)
     assignment = {key: fold_of(key, folds) for key, _ in keyed}
-    reviews = []
+    kept = []
     for fold in range(folds):
         held = [(key, example) for key, example in keyed if assignment[key] == fold]
         train = [example for key, example in keyed if assignment[key] != fold]
@@ -92,10 +95,40 @@ def review_examples(keyed: Sequence[tuple[Any, Example]], bio_labels: Sequence[s
         finally:
             shutil.rmtree(out, ignore_errors=True)
         for (key, example), score in zip(held, scored, strict=True):
-            doubt = [max(0.0, best - given) for best, given in zip(score.best, score.given)]
-            reviews.append({"task": key, "score": round(score.log_ratio, 4), "fold": fold,
-                            "findings": [item.to_dict() for item in findings(example, score.best_tags, doubt)]})
-    return sorted(reviews, key=lambda item: (-item["score"], str(item["task"])))
+            kept.append((key, example, score, fold))
+    thresholds = class_thresholds([(example, score) for _, example, score, _ in kept], bio_labels)
+    reviews = []
+    for key, example, score, fold in kept:
+        doubt = word_doubts(example, score, list(bio_labels), thresholds)
+        reviews.append({"task": key, "score": round(max([0.0, *doubt]), 4),
+                        "sequence_log_ratio": round(score.log_ratio, 4), "fold": fold,
+                        "findings": [item.to_dict() for item in findings(example, score.best_tags, doubt)]})
+    return sorted(reviews, key=lambda item: (-item["score"], -item["sequence_log_ratio"], str(item["task"])))
+
+
+def class_thresholds(scored: Sequence[tuple[Example, Any]], bio_labels: Sequence[str]) -> dict[str, float]:
+    """Per label, the mean out-of-sample log-probability the models give it on the words annotated with it
+    (cleanlab's per-class threshold, Northcutt et al. 2021): how sure the models are of that label where it is
+    given. A label the models are always less sure of (an entity, next to O) is not read as doubt."""
+    sums: dict[str, list[float]] = {}
+    for example, score in scored:
+        for tag, given in zip(example.tags, score.given):
+            sums.setdefault(tag, []).append(math.exp(given))
+    return {tag: math.log(max(1e-6, sum(values) / len(values))) for tag, values in sums.items() if tag in bio_labels}
+
+
+def word_doubts(example: Example, score: Any, bio_labels: list[str], thresholds: dict[str, float]) -> list[float]:
+    """Per word, how much likelier the model finds another label than the annotated one, each label's
+    log-probability taken relative to its threshold (``class_thresholds``); 0 where the annotated label leads.
+    Without the full rows (a scorer that gives only the best and the given tag), the plain log-ratio."""
+    if not score.rows:
+        return [max(0.0, best - given) for best, given in zip(score.best, score.given)]
+    doubts = []
+    for tag, row in zip(example.tags, score.rows):
+        adjusted = [value - thresholds.get(label, 0.0) for label, value in zip(bio_labels, row)]
+        given = adjusted[bio_labels.index(tag)] if tag in bio_labels else -1e4
+        doubts.append(max(0.0, max(adjusted) - given))
+    return doubts
 
 
 def score_with_model(model_dir: Path, examples: Sequence[Example]) -> list:

@@ -185,3 +185,13 @@ def test_a_labelling_is_scored_against_the_models_best_one(predictor):
     assert other.log_ratio == pytest.approx(other.best[1] - other.given[1], abs=1e-4) and other.log_ratio > 0
     with pytest.raises(ValueError, match="4 tags for 5 words"):
         predictor.score_labellings([words], [best_tags[:4]])
+
+
+def test_a_labelling_is_as_doubtful_as_its_most_doubtful_word():
+    from backend.model.predict import LabellingScore
+
+    one_wrong_word = LabellingScore(["O", "B-Dish"], given=[-0.1, -6.0], best=[-0.1, -0.2])
+    a_long_vague_phrase = LabellingScore(["B-Dish"] * 6, given=[-1.5] * 6, best=[-0.5] * 6)
+    assert one_wrong_word.worst_word == pytest.approx(5.8) and a_long_vague_phrase.worst_word == pytest.approx(1.0)
+    assert a_long_vague_phrase.log_ratio > one_wrong_word.log_ratio  # the whole sequences rank them the other way
+    assert LabellingScore([], [], []).worst_word == 0.0

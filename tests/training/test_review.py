@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from backend.data.schema import parse_label_config
+from backend.data.spans import split_words
 from backend.model.predict import LabellingScore
 from backend.shared.settings import Settings
 from backend.shared.store import ModelStore
@@ -165,3 +166,24 @@ def test_a_review_waiting_behind_a_training_press_runs_after_it():
     assert merge_payloads({"action": REVIEW}, {"hostname": "b"}) == {"hostname": "b", "review": True}
     assert merge_payloads({"action": REVIEW}, {"action": REVIEW, "hostname": "c"}) == {"action": REVIEW,
                                                                                          "hostname": "c"}
+
+
+def test_a_label_the_models_are_always_less_sure_of_is_not_read_as_doubt():
+    import math
+
+    from backend.data.spans import Example
+    from backend.training.review import class_thresholds, word_doubts
+
+    labels = ["O", "B-Dish", "I-Dish"]
+    words = split_words("cheap pizza")
+    # the models give O 0.9 where O is annotated, B-Dish only 0.6 where it is
+    sure = Example("cheap pizza", words, ["O", "B-Dish"])
+    rows = [[math.log(0.9), math.log(0.05), math.log(0.05)], [math.log(0.4), math.log(0.6), math.log(1e-9)]]
+    score = LabellingScore(["O", "B-Dish"], [rows[0][0], rows[1][1]], [rows[0][0], rows[1][1]], rows)
+    thresholds = class_thresholds([(sure, score)], labels)
+    assert thresholds == {"O": pytest.approx(math.log(0.9)), "B-Dish": pytest.approx(math.log(0.6))}
+    assert word_doubts(sure, score, labels, thresholds) == [0.0, 0.0]
+    # the same rows against an annotation that left pizza out: O at 0.4 of its 0.9 against B-Dish at 0.6 of its 0.6
+    missed = Example("cheap pizza", words, ["O", "O"])
+    doubt = word_doubts(missed, score, labels, thresholds)
+    assert doubt[0] == 0.0 and doubt[1] == pytest.approx(math.log(1.0) - math.log(0.4 / 0.9))
