@@ -68,7 +68,7 @@ def test_the_serving_process_knows_of_the_training_loop_only_its_queue():
 
 # what a serving process must never load: the training run, publishing, the worker, model training
 TRAINING_CODE = ["backend.training.training_run", "backend.training.publishing", "backend.training.worker",
-                 "backend.training.annotated_cache", "backend.model.train"]
+                 "backend.training.annotated_cache", "backend.training.review", "backend.model.train"]
 
 
 def test_a_serving_process_never_loads_the_training_code(tmp_path):

@@ -38,6 +38,29 @@ class TextPrediction:
         return float(f"{readable_score(self.score):.6g}")
 
 
+@dataclass
+class LabellingScore:
+    """A given labelling of a text against the model's best one: the best tags, and per word the log-probability of
+    the given tag (``given``) and of the best tag (``best``). ``log_ratio`` (>= 0 for the BIO decoding's optimum) is
+    how much likelier the model finds its own labelling: 0 when they agree."""
+
+    best_tags: list[str]
+    given: list[float]
+    best: list[float]
+    rows: list[list[float]] | None = None  # per word, every label's log-probability (the model's label order)
+
+    @property
+    def log_ratio(self) -> float:
+        return max(0.0, sum(self.best) - sum(self.given))
+
+    @property
+    def worst_word(self) -> float:
+        """The largest log-ratio of one word (its best tag's log-probability less its given tag's; 0 without words):
+        a labelling is as doubtful as its most doubtful word (cleanlab's "min" pooling of token label quality), so
+        a long phrase the model reads a little otherwise word after word does not outrank one clearly wrong word."""
+        return max([0.0, *(best - given for best, given in zip(self.best, self.given))])
+
+
 def least_certain_word(confidences: Sequence[float]) -> float:
     """The lowest probability of a word's label: the model's least certain decision, entity or not."""
     return min(confidences, default=1.0)
@@ -173,6 +196,34 @@ class Predictor:
         ``decoding="bio"`` the tags are the most probable valid BIO sequence (backend/model/decoding.py); with
         ``"argmax"`` each word takes its top label on its own, as ``pipeline(aggregation_strategy="first")``.
         """
+        scores = self.word_log_probs(token_lists)
+        chosen = constrained_decode(scores, self._constraints) if self.decoding == "bio" else word_by_word(scores)
+        results = []
+        for per_word, ids in zip(scores, chosen):
+            probabilities = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).exp().squeeze(1)
+            results.append(([self.bio_labels[i] for i in ids], probabilities.tolist()))
+        return results
+
+    def score_labellings(self, token_lists: Sequence[Sequence[str]],
+                         tag_lists: Sequence[Sequence[str]]) -> list[LabellingScore]:
+        """How likely the model finds each given labelling against its own best one (the review,
+        backend/training/review.py): per word the log-probability of the given tag and of the best sequence's tag.
+        A given tag the model does not know scores as impossible (the log-probability of an unseen word's label)."""
+        scores = self.word_log_probs(token_lists)
+        chosen = constrained_decode(scores, self._constraints) if self.decoding == "bio" else word_by_word(scores)
+        index = {label: i for i, label in enumerate(self.bio_labels)}
+        results = []
+        for per_word, ids, tags in zip(scores, chosen, tag_lists):
+            if len(tags) != len(per_word):
+                raise ValueError(f"{len(tags)} tags for {len(per_word)} words")
+            best = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).squeeze(1).tolist()
+            given = [float(row[index[tag]]) if tag in index else -1e4 for row, tag in zip(per_word, tags)]
+            results.append(LabellingScore([self.bio_labels[i] for i in ids], given, best, per_word.tolist()))
+        return results
+
+    def word_log_probs(self, token_lists: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Per text, one row of label log-probabilities (``bio_labels`` order) per word, as ``predict_words``
+        decodes them: from the window where the word sits furthest from a cut; a word without subwords is O."""
         windows = encode_word_lists(self.tokenizer, token_lists, self.max_length)
         outside = self.bio_labels.index(OUTSIDE) if OUTSIDE in self.bio_labels else 0
         unseen = torch.full((len(self.bio_labels),), -1e4)
@@ -195,14 +246,8 @@ class Predictor:
                         if here > best[window.sentence][word][0]:
                             best[window.sentence][word] = (here, rows[k])
                         k += 1
-        scores = [torch.stack([row for _, row in per_word])
-                  if per_word else unseen.new_zeros((0, len(unseen))) for per_word in best]
-        chosen = constrained_decode(scores, self._constraints) if self.decoding == "bio" else word_by_word(scores)
-        results = []
-        for per_word, ids in zip(scores, chosen):
-            probabilities = per_word.gather(1, torch.tensor(ids, dtype=torch.long)[:, None]).exp().squeeze(1)
-            results.append(([self.bio_labels[i] for i in ids], probabilities.tolist()))
-        return results
+        return [torch.stack([row for _, row in per_word])
+                if per_word else unseen.new_zeros((0, len(unseen))) for per_word in best]
 
     def _forward(self, batch, pad_id: int) -> torch.Tensor:
         """Label log-probabilities at the first subword of every word of the batch, in reading order."""

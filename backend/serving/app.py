@@ -186,6 +186,25 @@ def report():
     return Response(redact_paths(_service().report(project)), mimetype="text/html")
 
 
+@bp.get("/review")
+def review():
+    project = request.args.get("project")
+    if project is None:
+        raise RequestError("name the project: GET /review?project=<id>")
+    return jsonify(redact(_service().review(project)))
+
+
+@bp.post("/review")
+def start_review():
+    project = request.args.get("project")
+    if project is None:
+        raise RequestError("name the project: POST /review?project=<id>")
+    answer = _service().start_review(project)
+    if "text/html" in (request.headers.get("Accept") or ""):  # the report page's button: back to the page
+        return Response(status=303, headers={"Location": f"report?project={answer['project']}"})
+    return jsonify(redact(answer)), 202
+
+
 def _handle_request_error(error: RequestError):
     return _error(400, str(error))
 

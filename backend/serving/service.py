@@ -22,10 +22,10 @@ from backend.serving.batching import Admission
 from backend.serving.model_cache import UNTRAINED, BatchLimits, ModelCache, load_predictor
 from backend.shared.card import report_failed_run
 from backend.shared.labelstudio import confirm_project_exists
-from backend.shared.report import publish_resumes, report_page, unfit_message
+from backend.shared.report import publish_resumes, report_page, review_section, unfit_message
 from backend.shared.settings import Settings
 from backend.shared.store import LOW_DISK_MB, ModelStore, free_megabytes
-from backend.training.jobs import PUBLISH, JobQueue, job_queue
+from backend.training.jobs import PUBLISH, REVIEW, JobQueue, job_queue
 
 log = logging.getLogger(__name__)
 
@@ -508,8 +508,41 @@ class NerService:
         """/report: the project's HTML report page."""
         project = project_id(project)
         manifests = [m for name in self.store.version_names(project) if (m := self.store.manifest(project, name))]
-        return report_page(project, manifests, self.store.current(project), self.project_status(project),
-                           self.store.promoted(project))
+        status = self.project_status(project)
+        review = review_section(self.store.review(project) or {"project": project}, status.get("training", False),
+                                self._label_studio(project))
+        return report_page(project, manifests, self.store.current(project), status, self.store.promoted(project),
+                           review)
+
+    def _label_studio(self, project: str) -> str:
+        """Label Studio's address for links: LABEL_STUDIO_URL, else the hostname /setup sent."""
+        with self._lock:
+            state = self._projects.get(project)
+        return self.settings.label_studio_url or (state.hostname if state is not None else None) or ""
+
+    def start_review(self, project: str) -> dict[str, Any]:
+        """POST /review: queue a review of the project's annotations (a job of the training loop, never run here)."""
+        project = project_id(project)
+        if not self._known(project):
+            raise RequestError(f"project {project} is unknown here: Label Studio has not called /setup for it, and "
+                               "LABEL_STUDIO_URL could not confirm it")
+        answer = self.jobs.trigger(project, {**self._run_payload(self._state(project)), "action": REVIEW})
+        return {"project": project, "review": answer}
+
+    def review(self, project: str) -> dict[str, Any]:
+        """GET /review: the last review's record, tasks most likely wrong first, with the state of the project's run
+        (a review asked or going shows there as ``running``, its progress as in /status)."""
+        project = project_id(project)
+        record = self.store.review(project)
+        job = self.jobs.status(project)
+        progress = job.progress.__dict__ if job.running and job.progress is not None else None
+        state = "running" if job.running else record.get("state", "none")
+        return {"project": project, "state": state, "progress": progress,
+                "last_error": job.last_error if not job.running else None,
+                "tasks": record.get("tasks", []), "unaligned": record.get("unaligned", []),
+                "agreement": record.get("agreement", {}),
+                **{key: record.get(key) for key in ("message", "folds", "reviewed", "annotated", "seconds",
+                                                     "started_at", "finished_at", "report_error") if key in record}}
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": MODEL_CLASS}

@@ -18,8 +18,10 @@ from typing import Any, Callable, Iterator, Protocol
 log = logging.getLogger(__name__)
 
 REPORT_START = '<section class="ner-backend-report">'
+REVIEW_START = '<section class="ner-backend-review">'  # the review's section of the Instructions, apart from the report
 REPORT_END = "</section>"
-_REPORT_BLOCK = re.compile(re.escape(REPORT_START) + r".*?" + re.escape(REPORT_END), re.DOTALL)
+_SECTIONS = {start: re.compile(re.escape(start) + r".*?" + re.escape(REPORT_END), re.DOTALL)
+             for start in (REPORT_START, REVIEW_START)}
 TASK_PAGE_SIZE = 500  # tasks per page of a filtered read: ~0.5 s of Label Studio's time for short texts
 IMPORT_TIMEOUT_S = 600.0  # a prediction import's limit (see ``LabelStudioClient.import_predictions``)
 RETRY_DELAYS_S = (1.0, 3.0, 9.0)  # back-off before each retry of a page that failed or timed out
@@ -31,7 +33,7 @@ _COMPUTED_COLUMNS = ("avg_lead_time", "completed_at", "annotations_results", "pr
 _VERSIONS_CHAR_LIMIT = 500  # Label Studio cuts a task's predictions_model_versions at 500 characters
 # what a training run keeps of a task, an annotation, a prediction (the rest of a page is the Data Manager's)
 TASK_KEYS = ("id", "data", "updated_at", "annotations", "predictions")
-ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
+ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by")
 PREDICTION_KEYS = ("id", "model_version", "result", "score", "created_at")
 
 
@@ -85,6 +87,10 @@ class ProjectClient(Protocol):
 
     def retrieve_predictions(self, project: int, task_ids: list[int]) -> None: ...
 
+    def user_names(self) -> dict[int, str]: ...
+
+    def write_review_view(self, project: int, title: str, task_ids: list[int]) -> None: ...
+
 
 def replace_report_block(instruction: str | None, block_html: str) -> str:
     """``instruction`` with our marked block replaced by ``block_html`` (appended when absent).
@@ -97,12 +103,13 @@ def replace_report_block(instruction: str | None, block_html: str) -> str:
     ...                      REPORT_START + "v2" + REPORT_END)
     'Intro\\n<section class="ner-backend-report">v2</section>\\nOutro'
     """
-    if not block_html.startswith(REPORT_START) or not block_html.endswith(REPORT_END):
-        raise ValueError("the report block must start with REPORT_START and end with REPORT_END")
+    section = next((pattern for start, pattern in _SECTIONS.items() if block_html.startswith(start)), None)
+    if section is None or not block_html.endswith(REPORT_END):
+        raise ValueError("the report block must start with REPORT_START (or REVIEW_START) and end with REPORT_END")
     instruction = instruction or ""
-    if _REPORT_BLOCK.search(instruction):
+    if section.search(instruction):
         # a function replacement: block_html may hold backslashes that re.sub would read as escapes
-        return _REPORT_BLOCK.sub(lambda _: block_html, instruction, count=1)
+        return section.sub(lambda _: block_html, instruction, count=1)
     return f"{instruction}\n{block_html}" if instruction else block_html
 
 
@@ -391,6 +398,31 @@ class LabelStudioClient:
         self._call(f"retrieving predictions for {len(task_ids)} task(s) of project {project}", self._ls.actions.create,
                    id="retrieve_tasks_predictions", project=project,
                    selected_items={"all": False, "included": list(task_ids)})
+
+    def user_names(self) -> dict[int, str]:
+        """Every Label Studio user's id and how the UI names them: first and last name, else username, else e-mail."""
+        users = self._call("listing the users", lambda: list(self._ls.users.list()))
+        names = {}
+        for user in map(_as_dict, users):
+            full = " ".join(part for part in (user.get("first_name"), user.get("last_name")) if part)
+            names[user.get("id")] = full or user.get("username") or user.get("email") or f"user {user.get('id')}"
+        return names
+
+    def write_review_view(self, project: int, title: str, task_ids: list[int]) -> None:
+        """The Data Manager tab ``title`` of ``project`` showing exactly ``task_ids`` (a filter ``ID = id`` per task,
+        any of them), made or rewritten; with no task, a filter no task passes (ID = 0)."""
+        items = [{"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(task)}
+                 for task in (task_ids or [0])]
+        data = {"title": title, "filters": {"conjunction": "or", "items": items}, "ordering": []}
+        views = self._call(f"listing the Data Manager tabs of project {project}",
+                           lambda: list(self._ls.views.list(project=project)))
+        mine = [view for view in map(_as_dict, views) if (view.get("data") or {}).get("title") == title]
+        if mine:
+            self._call(f"updating the Data Manager tab {title!r} of project {project}", self._ls.views.update,
+                       id=mine[0]["id"], project=project, data=data)
+        else:
+            self._call(f"creating the Data Manager tab {title!r} of project {project}", self._ls.views.create,
+                       project=project, data=data)
 
     def write_ml_title(self, project: int, title: str, backend_url: str | None) -> bool:
         """Set the title of this backend's ML record (its card in Settings -> Model); see ``write_ml_description``."""

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from backend.data.suggestions import OUTCOMES
 from backend.model.metrics import EntityScore, F1Difference, Scores
-from backend.shared.labelstudio import REPORT_END, REPORT_START
+from backend.shared.labelstudio import REPORT_END, REPORT_START, REVIEW_START
 from backend.shared.public import display_name
 from backend.shared.store import Manifest
 
@@ -247,7 +247,7 @@ def _bars(manifest: Manifest) -> str:
 
 
 def report_page(project: str, manifests: Iterable[Manifest], current: str | None, status: dict[str, Any] | None,
-                promoted: set[str] | None = None) -> str:
+                promoted: set[str] | None = None, review: str = "") -> str:
     """The ``GET /report`` page of one project: latest run in full, then every version in a table. ``current`` and
     ``promoted`` come from the store's pointer, never from a manifest's intent."""
     promoted = set(promoted or ()) | ({current} if current else set())
@@ -265,7 +265,7 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
         parts.append(f"<p>Training now: {escape(str(progress.get('stage', '')))} step {progress.get('step', 0)}"
                      f"/{progress.get('total_steps', 0)}, {progress.get('elapsed_s', 0)} s</p>")
     if not manifests:
-        parts.append("<p class='muted'>No training has finished yet.</p></body></html>")
+        parts.append(f"<p class='muted'>No training has finished yet.</p>{review}</body></html>")
         return "".join(parts)
     latest = manifests[-1]
     parts.append(f"<h2>Latest run: {escape(latest.version)} (F1 {_number(latest.f1)}, "
@@ -285,7 +285,7 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
                      f"<td>{_number(manifest.f1)}</td><td>{manifest.train_size}</td><td>{manifest.validation_size}</td>"
                      f"<td>{'yes' if manifest.version in promoted else 'no'}</td>"
                      f"<td>{'yes' if manifest.version == current else ''}</td></tr>")
-    parts.append("</tbody></table></body></html>")
+    parts.append(f"</tbody></table>{review}</body></html>")
     return "".join(parts)
 
 
@@ -300,3 +300,109 @@ def unfit_message(version: str, missing: list[str]) -> str:
     """What /status and the card say of a version whose labels the config lost, and what to do."""
     return (f"{version} does not fit the labels ({', '.join(missing)} not in the label config: renamed or "
             f"removed?); its suggestions are withdrawn: press Start Training to train on the new labels")
+
+
+# --- the review (backend/training/review.py) -------------------------------------------------------------------
+def task_link(label_studio: str, project: Any, task: Any) -> str:
+    """The labeling view of one task: ``<Label Studio>/projects/<id>/data?task=<task>`` (relative without an address,
+    as the Instructions block, shown inside Label Studio, needs)."""
+    return f"{(label_studio or '').rstrip('/')}/projects/{project}/data?task={task}"
+
+
+def finding_text(finding: dict) -> str:
+    """One finding in words: ``other type: "thai" Dish, the model reads Cuisine``."""
+    kind, text = finding.get("kind", ""), finding.get("text", "")
+    if kind == "missing span":
+        return f'missing span: "{text}", the model reads {finding.get("model_label")}'
+    if kind == "extra span":
+        return f'extra span: "{text}" {finding.get("label")}, the model reads no entity'
+    if kind == "other type":
+        return f'other type: "{text}" {finding.get("label")}, the model reads {finding.get("model_label")}'
+    return (f'other boundary: "{text}" {finding.get("label")}, the model reads "{finding.get("model_text")}" '
+            f'{finding.get("model_label")}')
+
+
+def _agreement_line(agreement: dict) -> str:
+    overall = (agreement or {}).get("overall") or {}
+    if not agreement or not agreement.get("tasks"):
+        return "Annotator agreement: no task has annotations by two or more people."
+    pairs = "; ".join(f"{' / '.join(item['annotators'])} {_number(item.get('f1'))}"
+                      for item in agreement.get("per_pair") or [])
+    return (f"Annotator agreement (span F1) on {agreement['tasks']} task(s) with 2+ annotators: "
+            f"{_number(overall.get('f1'))}" + (f"; per pair: {pairs}" if pairs else ""))
+
+
+def review_block(record: dict, flagged: list[dict], label_studio: str = "") -> str:
+    """The review's section of the Instructions: the flagged tasks most likely wrong first, each a link into its
+    labeling view with what the model reads instead, and the annotators' agreement."""
+    project = record.get("project")
+    head = f"<h3>Review of the annotations ({escape(str(record.get('finished_at', '')))})</h3>"
+    if record.get("message"):
+        head += f"<p>{escape(record['message'])}</p>"
+    else:
+        head += (f"<p>{len(record.get('tasks') or [])} annotated tasks scored, each by a model that did not train on "
+                 f"it ({record.get('folds')} folds); {len(flagged)} most likely wrong, first to last (the Data "
+                 f"Manager tab &quot;Review: likely label errors&quot; holds them):</p>")
+    items = []
+    for item in flagged:
+        said = "; ".join(finding_text(f) for f in (item.get("findings") or [])[:3])
+        items.append(f"<li><a href=\"{escape(task_link(label_studio, project, item['task']))}\">task {item['task']}</a>"
+                     f" (score {item['score']:.2f}): {escape(said)}</li>")
+    body = f"<ol>{''.join(items)}</ol>" if items else ""
+    unaligned = record.get("unaligned") or []
+    if unaligned:
+        body += (f"<p>{len(unaligned)} task(s) whose annotation does not fit its words: "
+                 + ", ".join(f"task {u['task']} ({', '.join(u['problems'])})" for u in unaligned[:20]) + "</p>")
+    body += f"<p>{escape(_agreement_line(record.get('agreement') or {}))}</p>"
+    return f"{REVIEW_START}{head}{body}{REPORT_END}"
+
+
+def review_title(record: dict, flagged: int) -> str:
+    """The card's title after a review."""
+    if record.get("message"):
+        return f"NER · review: {record['message']}"[:200]
+    return f"NER · review done: {flagged} task(s) likely mislabelled of {len(record.get('tasks') or [])}"
+
+
+def review_section(record: dict, status_running: bool, label_studio: str = "") -> str:
+    """The report page's review part: the button that starts one (POST /review), the last one's ranked tasks with
+    links into Label Studio's labeling view, the tasks that do not fit their words, the agreement tables."""
+    project = record.get("project", "")
+    parts = ["<h2>Review of the annotations</h2>",
+             "<form method='post' action='review?project=" + escape(str(project)) + "'>"
+             "<button type='submit'>Review the annotations</button></form>"]
+    if status_running:
+        parts.append("<p>A run is going (see /status); a review asked now runs after it.</p>")
+    if not record:
+        parts.append("<p class='muted'>No review yet.</p>")
+        return "".join(parts)
+    if record.get("message"):
+        parts.append(f"<p>{escape(record['message'])}</p>")
+    parts.append(f"<p class='muted'>Last review {escape(str(record.get('finished_at', '')))}: "
+                 f"{len(record.get('tasks') or [])} tasks scored in {record.get('folds', 0)} folds, "
+                 f"{record.get('seconds', 0)} s. Score: how much likelier (log, nats) the model trained without the "
+                 "task finds its own labelling than the annotation's.</p>")
+    rows = []
+    for item in record.get("tasks") or []:
+        if not item.get("findings"):
+            continue
+        link = escape(task_link(label_studio, project, item["task"]))
+        said = "<br>".join(escape(finding_text(f)) for f in item["findings"])
+        rows.append(f"<tr><td><a class='review-task' href='{link}'>task {item['task']}</a></td>"
+                    f"<td>{item['score']:.2f}</td><td>{said}</td></tr>")
+    parts.append("<table class='review'><thead><tr><th>task</th><th>score</th><th>what the model reads</th></tr>"
+                 f"</thead><tbody>{''.join(rows)}</tbody></table>")
+    for item in record.get("unaligned") or []:
+        parts.append(f"<p>Task {escape(str(item['task']))}: annotation does not fit its words "
+                     f"({escape(', '.join(item['problems']))}).</p>")
+    agreement = record.get("agreement") or {}
+    parts.append(f"<p>{escape(_agreement_line(agreement))}</p>")
+    if agreement.get("tasks"):
+        per_type = "".join(f"<tr><td>{escape(kind)}</td><td>{_number(t.get('f1'))}</td><td>{t.get('spans')}</td></tr>"
+                           for kind, t in agreement.get("per_type", {}).items())
+        parts.append("<table class='agreement'><thead><tr><th>entity</th><th>F1</th><th>spans</th></tr></thead>"
+                     f"<tbody>{per_type}</tbody></table>")
+        worst = "".join(f"<li><a href='{escape(task_link(label_studio, project, d['task']))}'>task {d['task']}</a> "
+                        f"F1 {_number(d['f1'])}</li>" for d in agreement.get("disagreements", [])[:20])
+        parts.append(f"<p>Tasks where annotators disagree most:</p><ol>{worst}</ol>")
+    return "".join(parts)

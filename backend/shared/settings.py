@@ -74,6 +74,13 @@ def _growth(value: str) -> float:
     return number
 
 
+def _folds(value: str) -> int:
+    number = int(value)
+    if number < 2:
+        raise ValueError(value)
+    return number
+
+
 def _keep(value: str) -> int | None:
     return None if value.lower() == "all" else POSITIVE.parse(value)
 
@@ -150,6 +157,14 @@ class Settings:
     training_queue_name: str = "ner-training"  # the RQ queue's name (a worker's --queue)
     workers: int = 1  # serving processes of `serve` (more than 1 needs the training queue)
     training: RecipeOverrides = RecipeOverrides()  # TRAIN_<KNOB> for every TrainingConfig knob
+    # REVIEW_FOLDS: the review's folds (docs/review.md): each annotated task is scored by a model trained on the
+    # other folds, so a review trains this many models; small projects get fewer (about 5 tasks a fold, 2 at least)
+    review_folds: int = 5
+    # REVIEW_EPOCHS: the epochs of each fold's model; 0: the training recipe's own (TRAIN_EPOCHS or its default)
+    review_epochs: int = 0
+    # REVIEW_SHOW: the flagged tasks (with a finding, most likely wrong first) shown in the Instructions block and
+    # the Data Manager tab "Review: likely label errors"; /review and the report page list every scored task
+    review_show: int = 30
 
     @property
     def auth_enabled(self) -> bool:
@@ -229,4 +244,8 @@ class Settings:
             training_queue_name=_parse(env, "TRAINING_QUEUE_NAME", QUEUE_NAME, cls.training_queue_name),
             workers=workers,
             training=training,
+            review_folds=_parse(env, "REVIEW_FOLDS", Check(_folds, "a whole number >= 2"), cls.review_folds),
+            review_epochs=_parse(env, "REVIEW_EPOCHS", Check(NOT_NEGATIVE.parse, "a whole number >= 0 (0 = the recipe's)"),
+                                 cls.review_epochs),
+            review_show=_parse(env, "REVIEW_SHOW", POSITIVE, cls.review_show),
         )

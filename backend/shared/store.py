@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 POINTER = "current.json"
 PUBLISHED = "published.json"  # the last version whose predictions were written into Label Studio, and how it went
 PROMOTIONS = "promotions.json"  # every version the pointer has named, oldest first: the truth of "promoted"
+REVIEW = "review.json"  # the project's last review of its annotations (backend/training/review.py)
 TEMPORARY_PREFIX = ".tmp-"
 _VERSION = re.compile(r"^v(\d+)$")
 _PROJECT = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -417,6 +418,14 @@ class ModelStore:
     def publishing(self, project: str) -> dict[str, Any]:
         """The record of the project's last publishing (``version``, ``state``, counts); {} before any."""
         data = read_json(self.project_dir(project) / PUBLISHED)
+        return data if isinstance(data, dict) else {}
+
+    def record_review(self, project: str, record: dict[str, Any]) -> None:
+        write_json_atomically(self.project_dir(project) / REVIEW, record)
+
+    def review(self, project: str) -> dict[str, Any]:
+        """The project's last review record (``tasks``, ``agreement``, ...); {} before any."""
+        data = read_json(self.project_dir(project) / REVIEW)
         return data if isinstance(data, dict) else {}
 
     def disk_bytes(self, project: str) -> int:

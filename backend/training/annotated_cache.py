@@ -33,7 +33,7 @@ from backend.shared.store import write_json_atomically
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "annotated-tasks.json"
-FORMAT = 1
+FORMAT = 2  # 2: annotations keep completed_by (the review's agreement)
 SLACK_S = 10.0  # the update times of tasks this much older than the newest kept one are read again
 
 

@@ -54,11 +54,21 @@ class ProgressCallback(Protocol):
 
 
 PUBLISH = "publish"  # a payload's action: publish the serving version only, no training
+REVIEW = "review"  # a payload's action: review the annotations only (backend/training/review.py), no training
+TRAIN = "train"  # what a payload without one of these actions asks for
+
+
+def _asks(payload: dict) -> set[str]:
+    action = payload.get("action")
+    asks = {action if action in (PUBLISH, REVIEW) else TRAIN}
+    return asks | {key for key in (PUBLISH, REVIEW) if payload.get(key)}
 
 
 def merge_payloads(kept: dict | None, new: dict | None) -> dict:
     """One payload for two triggers that coalesce into one run: a training press is never replaced by a later
-    publish-only trigger (a training run publishes what is due at its end), and the newest address and token win.
+    publish-only or review-only trigger (a training run publishes what is due at its end, and reviews after it when a
+    review was asked: ``"review": true``); a review and a publishing join into a review that publishes after it
+    (``"publish": true``); the newest address and token win.
 
     >>> merge_payloads({"hostname": "a"}, {"hostname": "b", "action": "publish"})
     {'hostname': 'b'}
@@ -68,13 +78,19 @@ def merge_payloads(kept: dict | None, new: dict | None) -> dict:
     ({}, {})
     >>> merge_payloads(None, {"action": "publish"})
     {'action': 'publish'}
+    >>> merge_payloads({}, {"action": "review"}), merge_payloads({"action": "review"}, {"action": "publish"})
+    ({'review': True}, {'action': 'review', 'publish': True})
     """
-    training = (kept is not None and kept.get("action") != PUBLISH) or (new or {}).get("action") != PUBLISH
+    asks = (_asks(kept) if kept is not None else set()) | _asks(new or {})
     kept, new = dict(kept or {}), dict(new or {})
-    merged = {**kept, **{key: value for key, value in new.items() if value is not None}}
-    if training:
-        merged.pop("action", None)
-    return merged
+    merged = {key: value for key, value in {**kept, **new}.items() if value is not None}
+    for key in ("action", PUBLISH, REVIEW):
+        merged.pop(key, None)
+    if TRAIN in asks:
+        return {**merged, REVIEW: True} if REVIEW in asks else merged
+    if asks == {PUBLISH}:
+        return {"action": PUBLISH, **merged}
+    return {"action": REVIEW, **merged, **({PUBLISH: True} if PUBLISH in asks else {})}
 
 
 # target(project, payload, progress) runs in the child; what it returns (JSON-able) becomes ``last_result``.

@@ -28,7 +28,7 @@ from backend.shared.report import instruction_block, ml_description, outcome_tit
 from backend.shared.settings import Settings
 from backend.shared.store import Manifest, ModelStore, fits, model_labels, start_version, utc_now
 from backend.training.annotated_cache import cache_path, fetch_annotated
-from backend.training.jobs import PUBLISH, ProgressCallback
+from backend.training.jobs import PUBLISH, REVIEW, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,19 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
     if payload.get("action") == PUBLISH:
         return {**publish_project(settings, project, client, store, progress),
                 "label_studio": client.requests_summary()}
+    if payload.get("action") == REVIEW:
+        from backend.training.review import review_project
+
+        summary = review_project(settings, project, client, store, progress)
+        if payload.get(PUBLISH):  # a publishing asked while the review waited
+            summary["published"] = publish_project(settings, project, client, store, progress)
+        return {**summary, "label_studio": client.requests_summary()}
     try:
         summary = train_project(settings, project, client, store, progress)
+        if payload.get(REVIEW):  # a review asked while this training waited: after it, on what it trained on
+            from backend.training.review import review_project
+
+            summary["review"] = review_project(settings, project, client, store, progress)
         summary["label_studio"] = client.requests_summary()
         log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
         return summary

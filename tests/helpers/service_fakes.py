@@ -113,6 +113,8 @@ class FakeLabelStudio:
         self.retrieved: list[list[int]] = []  # the task ids of each "Retrieve Predictions" asked for
         self.edits = 0
         self.reads: list[tuple] = []  # each read of tasks: ("annotated", changed_since) and the like
+        self.users: dict[int, str] = {}  # user id -> name, as /api/users names them
+        self.views: dict[str, list[int]] = {}  # Data Manager tab title -> the task ids it shows
 
     def edit_annotations(self) -> None:
         """Every annotation edited (a new ``updated_at``), as a lead's corrections between two runs."""
@@ -182,6 +184,12 @@ class FakeLabelStudio:
 
     def retrieve_predictions(self, project: int, task_ids: list[int]) -> None:
         self.retrieved.append(list(task_ids))
+
+    def user_names(self) -> dict[int, str]:
+        return dict(self.users)
+
+    def write_review_view(self, project: int, title: str, task_ids: list[int]) -> None:
+        self.views[title] = list(task_ids)
 
 
 def task_updated_at(task: dict) -> str:

@@ -169,3 +169,29 @@ def test_a_lone_surrogate_in_a_text_does_not_take_its_batch_down(predictor):
     assert second.spans == predictor.predict(["italian food"])[0].spans
     for span in first.spans:
         assert texts[0][span.start:span.end] == span.text
+
+
+def test_a_labelling_is_scored_against_the_models_best_one(predictor):
+    # the review's score (backend/training/review.py): 0 for the model's own labelling, the summed log-ratio of the
+    # words it reads otherwise for another; the per-word figures are the log-probabilities predict_words decodes
+    words = "cheap thai food near me".split()
+    (best_tags, confidences), = predictor.predict_words([words])
+    (own,) = predictor.score_labellings([words], [best_tags])
+    assert own.best_tags == best_tags and own.log_ratio == 0.0
+    assert [round(math.exp(b), 5) for b in own.best] == [round(c, 5) for c in confidences]
+    changed = list(best_tags)
+    changed[1] = "B-Dish" if best_tags[1] != "B-Dish" else "B-Price"
+    (other,) = predictor.score_labellings([words], [changed])
+    assert other.log_ratio == pytest.approx(other.best[1] - other.given[1], abs=1e-4) and other.log_ratio > 0
+    with pytest.raises(ValueError, match="4 tags for 5 words"):
+        predictor.score_labellings([words], [best_tags[:4]])
+
+
+def test_a_labelling_is_as_doubtful_as_its_most_doubtful_word():
+    from backend.model.predict import LabellingScore
+
+    one_wrong_word = LabellingScore(["O", "B-Dish"], given=[-0.1, -6.0], best=[-0.1, -0.2])
+    a_long_vague_phrase = LabellingScore(["B-Dish"] * 6, given=[-1.5] * 6, best=[-0.5] * 6)
+    assert one_wrong_word.worst_word == pytest.approx(5.8) and a_long_vague_phrase.worst_word == pytest.approx(1.0)
+    assert a_long_vague_phrase.log_ratio > one_wrong_word.log_ratio  # the whole sequences rank them the other way
+    assert LabellingScore([], [], []).worst_word == 0.0

@@ -118,3 +118,13 @@ def test_the_annotated_tasks_changed_since_a_time_their_count_stamps_and_a_read_
         assert sorted(stamps) == list(range(1, 21)) and stamps[3] == "2026-01-01T00:00:03.000000Z"
         assert sorted(client.annotated_stamps(4, changed_since="2026-01-01T00:00:18+00:00")) == [19, 20]
         assert [t["id"] for t in client.tasks_by_id(4, [5, 2, 19])] == [2, 5, 19]
+
+
+def test_the_review_and_the_training_report_keep_sections_of_their_own():
+    from backend.shared.labelstudio import REPORT_END, REPORT_START, REVIEW_START, replace_report_block
+
+    text = replace_report_block("Label dishes.", f"{REPORT_START}v1{REPORT_END}")
+    text = replace_report_block(text, f"{REVIEW_START}review 1{REPORT_END}")
+    text = replace_report_block(text, f"{REPORT_START}v2{REPORT_END}")
+    text = replace_report_block(text, f"{REVIEW_START}review 2{REPORT_END}")
+    assert text == f"Label dishes.\n{REPORT_START}v2{REPORT_END}\n{REVIEW_START}review 2{REPORT_END}"

@@ -1,0 +1,64 @@
+"""``/review``: POST queues a review on the training loop's queue (never runs it here), GET answers the stored record
+with the run's state; the report page lists the flagged tasks with links into Label Studio and has the button."""
+import pytest
+
+from backend.serving.app import create_app
+from backend.serving.service import NerService
+from backend.shared.settings import Settings
+from backend.shared.store import ModelStore
+from backend.training.jobs import REVIEW
+from tests.helpers.service_fakes import CONFIG, FakeJobs
+
+PROJECT = "3.1718000000"
+RECORD = {"project": "3", "state": "done", "folds": 2, "finished_at": "2026-01-01T00:00:00Z",
+          "tasks": [{"task": 12, "score": 4.5, "fold": 0, "findings": [
+              {"kind": "other type", "text": "thai", "label": "Dish", "model_label": "Cuisine", "doubt": 4.5}]},
+                    {"task": 7, "score": 0.0, "fold": 1, "findings": []}],
+          "unaligned": [{"task": 9, "problems": ["realigned"], "notes": [], "scored": True}],
+          "agreement": {"tasks": 1, "overall": {"f1": 0.5, "matched": 1, "spans": 4, "pairs": 1},
+                        "per_type": {"Dish": {"f1": 0.5, "matched": 1, "spans": 4, "pairs": 1}},
+                        "per_pair": [{"annotators": ["ann", "bob"], "f1": 0.5, "matched": 1, "spans": 4, "pairs": 1}],
+                        "disagreements": [{"task": 12, "f1": 0.5, "annotators": {}}]}}
+
+
+@pytest.fixture
+def setup(tmp_path):
+    settings = Settings(model_dir=tmp_path / "models", label_studio_url="http://ls.test")
+    store, jobs = ModelStore(settings.model_dir), FakeJobs()
+    http = create_app(settings, NerService(settings, store=store, jobs=jobs)).test_client()
+    assert http.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": "http://ls.test",
+                                     "access_token": "t"}).status_code == 200
+    return http, store, jobs
+
+
+def test_post_queues_a_review_job_with_the_address_label_studio_gave(setup):
+    http, _, jobs = setup
+    answer = http.post("/review?project=3")
+    assert answer.status_code == 202 and answer.get_json() == {"project": "3", "review": "started"}
+    assert jobs.triggers == [("3", {"action": REVIEW, "hostname": "http://ls.test", "access_token": "t"})]
+
+
+def test_get_answers_the_stored_review_most_likely_wrong_first(setup):
+    http, store, _ = setup
+    assert http.get("/review?project=3").get_json()["state"] == "none"
+    store.record_review("3", RECORD)
+    body = http.get("/review?project=3").get_json()
+    assert [item["task"] for item in body["tasks"]] == [12, 7] and body["state"] == "done"
+    assert body["agreement"]["overall"]["f1"] == 0.5 and body["unaligned"][0]["task"] == 9
+
+
+def test_the_route_names_what_is_missing(setup):
+    http, _, _ = setup
+    assert "GET /review?project=<id>" in http.get("/review").get_json()["error"]
+    assert http.post("/review").status_code == 400
+
+
+def test_the_report_page_lists_the_flagged_tasks_with_links_and_the_button(setup):
+    http, store, _ = setup
+    store.record_review("3", RECORD)
+    page = http.get("/report?project=3").get_data(as_text=True)
+    assert "href='http://ls.test/projects/3/data?task=12'" in page
+    assert "task=7'" not in page.split("Tasks where annotators")[0]  # no finding: not listed
+    assert "<button type='submit'>Review the annotations</button>" in page and "ann / bob 0.500" in page
+    answer = http.post("/review?project=3", headers={"Accept": "text/html"})
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("report?project=3")
