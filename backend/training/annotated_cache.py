@@ -63,10 +63,12 @@ def config_hash(label_config: str) -> str:
     return hashlib.sha256((label_config or "").encode()).hexdigest()
 
 
-def fetch_annotated(client: Any, project: int, label_config: str, path: Path, source: str = "") -> Fetched:
+def fetch_annotated(client: Any, project: int, label_config: str, path: Path, source: str | None = None) -> Fetched:
     """The annotated tasks of ``project``: the kept ones updated with what changed since, or all of them read
     afresh when the kept file cannot tell; the file is rewritten (atomically) with the result. ``source`` names
-    the Label Studio (its URL): a file kept from another one is not trusted."""
+    the Label Studio (its URL; by default the one ``client`` reads): a file kept from another one is not trusted."""
+    if source is None:
+        source = getattr(getattr(client, "credentials", None), "url", "") or ""
     started = time.monotonic()
     kept, why_full = _read(path, label_config, source)
     if kept is None:

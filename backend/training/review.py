@@ -162,8 +162,6 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
                    score_fn: Callable | None = None) -> dict[str, Any]:
     """One review of ``project``: fetch the annotated tasks, agreement, k-fold scoring, then the record in the
     store and in Label Studio (Instructions block, the Data Manager tab, the card). Returns a summary."""
-    from backend.training.training_run import _source
-
     progress = progress or (lambda *args, **kwargs: None)
     started = time.monotonic()
     card = Card(settings, client, int(project))
@@ -171,8 +169,7 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
     card.show("NER · review: fetching the annotated tasks")
     label_config = client.label_config(int(project))
     schema = parse_label_config(label_config)
-    fetched = fetch_annotated(client, int(project), label_config, cache_path(store.project_dir(project)),
-                              source=_source(client))
+    fetched = fetch_annotated(client, int(project), label_config, cache_path(store.project_dir(project)))
     keyed, unaligned = usable_examples(fetched.tasks, schema)
     agreed = agreement(fetched.tasks, schema, _user_names(client, project))
     record: dict[str, Any] = {"project": project, "state": "done", "started_at": utc_now(), "tasks": [],

@@ -105,8 +105,7 @@ def train_project(
     label_config = client.label_config(int(project))
     schema = parse_label_config(label_config)
     current = Current.read(store, project)
-    fetched = fetch_annotated(client, int(project), label_config, cache_path(store.project_dir(project)),
-                              source=_source(client))
+    fetched = fetch_annotated(client, int(project), label_config, cache_path(store.project_dir(project)))
     keyed = _convert(project, fetched.tasks, schema)
     by_id = {task.get("id"): task for task in fetched.tasks}
     config = settings.training_config()
@@ -342,12 +341,6 @@ def _previous_model(settings: Settings, current: Current, schema: LabelSchema) -
     if settings.start_model is not None and fits(model_labels(settings.start_model), schema):
         return start_version(settings.start_model), settings.start_model
     return None
-
-
-def _source(client: ProjectClient) -> str:
-    """The Label Studio ``client`` reads (its URL), which the kept annotated tasks must have come from."""
-    credentials = getattr(client, "credentials", None)
-    return getattr(credentials, "url", "") or ""
 
 
 def _suggestions(project: str, tasks: list[dict], schema: LabelSchema) -> dict[str, Any]:
