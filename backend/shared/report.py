@@ -260,7 +260,7 @@ def report_page(project: str, manifests: Iterable[Manifest], current: str | None
         parts.append(f"<p>Last training failed: {escape(str(status['last_error']))}</p>")
     for warning in (status or {}).get("warnings") or ():
         parts.append(f"<p>Warning: {escape(str(warning))}</p>")
-    if status and status.get("running"):
+    if status and status.get("training"):
         progress = status.get("progress") or {}
         parts.append(f"<p>Training now: {escape(str(progress.get('stage', '')))} step {progress.get('step', 0)}"
                      f"/{progress.get('total_steps', 0)}, {progress.get('elapsed_s', 0)} s</p>")

@@ -340,6 +340,17 @@ def test_report_is_an_html_page_with_the_latest_scores(client, parts):
     assert client.get("/report").status_code == 400
 
 
+def test_report_says_a_run_is_going_as_status_says_it(settings, parts):
+    from backend.training.jobs import JobProgress, JobStatus
+
+    store, jobs, _ = parts
+    jobs.status = lambda project: JobStatus(project, running=True,
+                                            progress=JobProgress("training", step=3, total_steps=10, elapsed_s=4.0))
+    client = _client(settings, parts)
+    assert client.get("/status?project=3").json["projects"]["3"]["training"] is True
+    assert "Training now: training step 3/10" in client.get("/report?project=3").text
+
+
 def test_setup_loads_the_current_model_in_the_background_once(client, parts):
     store, _, loader = parts
     add_version(store, "3", ["Dish", "Price", "Cuisine"])

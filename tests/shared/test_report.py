@@ -102,13 +102,13 @@ def test_the_ml_description_is_one_line_with_version_scores_and_sizes(manifest):
 
 
 def test_the_report_page_draws_one_f1_bar_per_entity_without_scripts(manifest):
-    page = report_page("3", [manifest], "v2", {"running": False, "last_error": None})
+    page = report_page("3", [manifest], "v2", {"training": False, "last_error": None})
     widths = re.findall(r'<div class="bar" style="width:([\d.]+)%"', page)
     assert widths == ["90.0", "50.0"]
     assert "<script" not in page and "v2" in page
 
 
 def test_the_report_page_before_any_training_says_so():
-    page = report_page("3", [], None, {"running": True, "progress": {"stage": "training", "step": 2,
+    page = report_page("3", [], None, {"training": True, "progress": {"stage": "training", "step": 2,
                                                                       "total_steps": 9, "elapsed_s": 3}})
     assert "No training has finished yet" in page and "step 2/9" in page
