@@ -14,6 +14,7 @@ one training run on the 2,000), and the 20 top-ranked tasks that were not corrup
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -125,8 +126,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--recipe", nargs="*", default=[], help="TrainingConfig overrides KEY=JSON, e.g. epochs=3")
     parser.add_argument("--quick", action="store_true", help="tiny model, synthetic sentences (CI)")
+    parser.add_argument("--dump", type=Path, help="also write every sentence's out-of-sample scores to this JSON "
+                                                   "file (words, tags, corruption, per-word label log-probabilities)")
     args = parser.parse_args()
-    print_result({"machine": machine(), "args": vars(args)})
+    print_result({"machine": machine(), "args": {key: str(value) if isinstance(value, Path) else value
+                                                 for key, value in vars(args).items()}})
 
     if args.quick:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -154,6 +158,11 @@ def main() -> None:
         reviews = review_examples(keyed, labels, recipe, Path(work) / "folds", args.folds, score_fn=scoring)
         review_s, review_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         review_rank = [item["task"] for item in reviews]
+        if args.dump:
+            args.dump.write_text(json.dumps({"labels": list(labels), "sentences": [
+                {"index": i, "words": examples[i].tokens, "tags": examples[i].tags, "corrupted": corrupted.get(i),
+                 "fold": item["fold"], "rows": [[round(v, 4) for v in row] for row in kept[id(examples[i])].rows]}
+                for i, item in ((item["task"], item) for item in reviews)]}))
         print_result(measure("review (out-of-sample, the most doubtful word's log-ratio, per-label thresholds)",
                              review_rank, corrupted, folds=args.folds, seconds=round(review_s, 1)))
         # the same folds' scores ranked as the review's earlier versions did: the most doubtful word's plain
