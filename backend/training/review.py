@@ -45,6 +45,11 @@ class ReviewDataError(RuntimeError):
     """Too few usable annotated tasks to score out-of-sample; the message says how many are needed."""
 
 
+class ReviewFailed(RuntimeError):
+    """A review that could not finish (a fold's training, Label Studio, the disk); the message names the project and
+    the review's own error. The last review's record, the training report and the serving version are untouched."""
+
+
 def fold_count(usable: int, wanted: int, project: str = "") -> int:
     """How many folds a review of ``usable`` tasks runs: ``wanted`` (REVIEW_FOLDS), fewer so each holds about
     MIN_PER_FOLD tasks, never under 2; too few tasks is a ``ReviewDataError`` that says how many more are needed.
@@ -212,6 +217,19 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
             "unaligned": len(unaligned), "agreement_tasks": agreed.tasks, "message": record.get("message"),
             "seconds": record["seconds"], "report_error": record.get("report_error"),
             "fetch": fetched.summary()}
+
+
+def run_review(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
+               progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """``review_project`` as a job runs it: a failure is a ``ReviewFailed`` naming the project and the error, and the
+    card says the review failed and why (else it would show the review fetching or going for ever); the training
+    report in the Instructions is not touched (no training failed)."""
+    try:
+        return review_project(settings, project, client, store, progress)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        Card(settings, client, int(project)).show(f"NER · review failed: {reason.splitlines()[0][:160]}")
+        raise ReviewFailed(f"the review of project {project} failed: {reason}") from error
 
 
 def flagged_tasks(record: dict, limit: int) -> list[dict]:

@@ -52,26 +52,31 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
         return {**publish_project(settings, project, client, store, progress),
                 "label_studio": client.requests_summary()}
     if payload.get("action") == REVIEW:
-        from backend.training.review import review_project
+        from backend.training.review import run_review
 
-        summary = review_project(settings, project, client, store, progress)
+        summary = run_review(settings, project, client, store, progress)
         if payload.get(PUBLISH):  # a publishing asked while the review waited
             summary["published"] = publish_project(settings, project, client, store, progress)
         return {**summary, "label_studio": client.requests_summary()}
     try:
         summary = train_project(settings, project, client, store, progress)
-        if payload.get(REVIEW):  # a review asked while this training waited: after it, on what it trained on
-            from backend.training.review import review_project
-
-            summary["review"] = review_project(settings, project, client, store, progress)
-        summary["label_studio"] = client.requests_summary()
-        log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
-        return summary
     except Exception as error:
         if settings.report_to_label_studio:
             report_failure(settings, project, client, store, f"{type(error).__name__}: {error}",
                            str(error) or type(error).__name__)
         raise
+    if payload.get(REVIEW):  # a review asked while this training waited: after it, on what it trained on
+        from backend.training.review import ReviewFailed, run_review
+
+        try:
+            summary["review"] = run_review(settings, project, client, store, progress)
+        except ReviewFailed as failure:  # the training's own outcome stands, reported as it went
+            kept = summary.get("version") or "no new version"
+            raise ReviewFailed(f"{failure}; the training before it finished: {kept}, {summary['decision']}") \
+                from failure.__cause__
+    summary["label_studio"] = client.requests_summary()
+    log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
+    return summary
 
 
 def train_project(

@@ -1,0 +1,79 @@
+"""The review as a job of the training loop (``run_training_job`` with a review payload, or a training press that a
+review waited behind): what the job's error, the model card and the Instructions say when the review fails, alone or
+after a training that went well. Fold trainings that fail are real ones here (a base model that is not there), or a
+stand-in that fails only the folds where the training before them must succeed."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import backend.model.train as train_module
+from backend.shared.labelstudio import REPORT_START, REVIEW_START
+from backend.shared.settings import Settings
+from backend.shared.store import TEMPORARY_PREFIX, ModelStore
+from backend.training.jobs import REVIEW
+from backend.training.training_run import run_training_job
+from tests.helpers.service_fakes import FakeLabelStudio, annotated_task, write_model_folder
+
+PAYLOAD = {"hostname": "http://ls:8080", "access_token": "t"}
+TEXTS = ["cheap pizza near me", "thai food please", "sushi for two", "best thai pizza", "pizza and sushi",
+         "cheap eats downtown", "thai curry", "open late", "a quiet pizza place", "cheap sushi", "thai sushi",
+         "where can i get cheap sushi"]
+
+
+@pytest.fixture
+def client(monkeypatch):
+    import backend.shared.card as card_module
+
+    client = FakeLabelStudio([annotated_task(i, text) for i, text in enumerate(TEXTS, start=1)])
+    monkeypatch.setattr(card_module, "LabelStudioClient", lambda credentials, **_: client)
+    return client
+
+
+def _settings(tmp_path, **extra):
+    return Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "BASE_MODEL": str(tmp_path / "no-such-model"),
+                              "PUBLISH_PREDICTIONS": "false", **extra})
+
+
+def _nothing(*args, **kwargs):
+    return None
+
+
+def test_a_review_whose_fold_cannot_train_fails_the_job_as_a_review_and_says_so_on_the_card(tmp_path, client):
+    settings = _settings(tmp_path)
+    store = ModelStore(settings.model_dir)
+    store.record_review("3", {"project": "3", "state": "done", "tasks": [{"task": 1, "score": 2.0}]})
+    with pytest.raises(Exception) as failure:
+        run_training_job(settings, "3", {**PAYLOAD, "action": REVIEW}, _nothing)
+    message = str(failure.value)
+    assert message.startswith("the review of project 3 failed: ") and "no-such-model" in message, message
+    # the card no longer says the review is fetching or going: it failed, and why
+    assert client.titles[-1].startswith("NER · review failed: "), client.titles
+    assert "training failed" not in client.instruction  # no training ran, so none is said to have failed
+    assert store.review("3")["tasks"] == [{"task": 1, "score": 2.0}]  # the last review is kept as it was
+    assert not list(store.project_dir("3").glob(TEMPORARY_PREFIX + "*"))
+
+
+def test_a_review_that_fails_after_a_training_that_went_well_does_not_report_a_failed_training(tmp_path, client,
+                                                                                                 monkeypatch):
+    def train(examples, bio_labels, config, out_dir, validation=None, progress=None):
+        if Path(out_dir).name.startswith("fold-"):
+            raise RuntimeError("fold training ran out of memory")
+        write_model_folder(Path(out_dir), [t[2:] for t in bio_labels[1::2]])
+        return SimpleNamespace(model_dir=Path(out_dir), head="new")
+
+    monkeypatch.setattr(train_module, "train_model", train)
+    monkeypatch.setattr(train_module, "evaluate_model", lambda model_dir, examples: None)
+    settings = _settings(tmp_path)
+    with pytest.raises(Exception) as failure:
+        run_training_job(settings, "3", {**PAYLOAD, REVIEW: True}, _nothing)
+    store = ModelStore(settings.model_dir)
+    assert store.current("3") == "v1"  # the training promoted its version
+    # the training's report stays in the Instructions; the card says the review failed, not the training
+    assert REPORT_START in client.instruction and "training failed" not in client.instruction
+    assert not any(title.startswith("NER · training failed") for title in client.titles), client.titles
+    assert client.titles[-1].startswith("NER · review failed: "), client.titles
+    assert REVIEW_START not in client.instruction
+    message = str(failure.value)  # /status: the review failed, and what the training before it did
+    assert message.startswith("the review of project 3 failed: ") and "out of memory" in message, message
+    assert "the training before it finished: v1, promoted" in message, message
