@@ -247,7 +247,7 @@ class NerService:
     def _on_abandoned(self, project: str, payload: dict, message: str) -> None:
         """The queue's watchdog found a run whose worker died: tell Label Studio, and resume the publishing it may
         have left half done."""
-        report_failed_run(self.settings, project, payload, message)
+        report_failed_run(self.settings, project, payload, message, review=payload.get("action") == REVIEW)
         if self.jobs.status(project).running:
             return  # a job was queued meanwhile (a /setup resumed it already): it publishes
         if self.settings.publish_predictions and self.store.announcement_due(project) is not None:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from backend.shared.store import free_megabytes, read_json, utc_now, write_json_atomically
+from backend.shared.store import ModelStore, free_megabytes, read_json, utc_now, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +117,26 @@ class NamedTarget:
         return resolve(self.name)(self.settings, project, payload, progress)
 
 
+def report_abandoned(settings: Any, project: str, payload: dict, message: str) -> None:
+    """Tell Label Studio of a run that ended without reporting itself (its worker or child process died): a
+    training's failure (``card.report_failed_run``), or a review's, which shows on the card only."""
+    from backend.shared.card import report_failed_run
+
+    report_failed_run(settings, project, payload, message, review=payload.get("action") == REVIEW)
+
+
 def job_queue(settings: Any, status_dir: Path, on_abandoned: Callable[[str, dict, str], None] | None = None) -> Any:
     """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one.
-    ``on_abandoned(project, payload, message)``: what the queue's watchdog does with a run whose worker died (by
-    default it tells Label Studio, ``card.report_failed_run``)."""
+    ``on_abandoned(project, payload, message)``: what the queue does with a run whose worker or child process died
+    without reporting itself (by default it tells Label Studio, ``report_abandoned``). A child process that failed
+    leaves no half-written folder behind: the store's leftovers of dead processes are removed after it."""
+    on_abandoned = on_abandoned or functools.partial(report_abandoned, settings)
     if settings.training_queue:
-        from backend.shared.card import report_failed_run
         from backend.training.queue import RedisJobQueue
 
-        return RedisJobQueue(settings.training_queue, settings.training_queue_name,
-                             report_failure=on_abandoned or functools.partial(report_failed_run, settings))
-    return JobQueue(NamedTarget(settings), status_dir, nice=settings.train_nice, concurrency=settings.train_concurrency)
+        return RedisJobQueue(settings.training_queue, settings.training_queue_name, report_failure=on_abandoned)
+    return JobQueue(NamedTarget(settings), status_dir, nice=settings.train_nice, concurrency=settings.train_concurrency,
+                    on_abandoned=on_abandoned, tidy=ModelStore(settings.model_dir).clean_temporary)
 
 
 @dataclass
@@ -255,8 +264,13 @@ class JobQueue:
     """
 
     def __init__(self, target: JobTarget, status_dir: Path | str, nice: int = 0, start_method: str = "spawn",
-                 concurrency: int = 1):
+                 concurrency: int = 1, on_abandoned: Callable[[str, dict, str], None] | None = None,
+                 tidy: Callable[[], list] | None = None):
         self.target = target
+        # on_abandoned(project, payload, error): a child that died without reporting itself (killed), so that
+        # Label Studio's card does not show it going for ever; tidy(): after a failed child, remove what dead
+        # processes left half-written (ModelStore.clean_temporary), not only at the next start
+        self.on_abandoned, self.tidy = on_abandoned, tidy
         self.status_dir = Path(status_dir)
         self.nice = nice
         self.concurrency = concurrency
@@ -489,7 +503,7 @@ class JobQueue:
             job.status.runs_started += 1
             job.status.last_started_at = utc_now()
             job.status.progress = JobProgress()
-        error, result = None, None
+        error, result, silent = None, None, False
         try:
             path.unlink(missing_ok=True)
             self.status_dir.mkdir(parents=True, exist_ok=True)
@@ -506,7 +520,9 @@ class JobQueue:
             if process.exitcode == 0 and outcome.get("state") == "succeeded":
                 result = outcome.get("result")
             else:
-                error = outcome.get("error") or _exit_message(process.exitcode, self._closing, self.status_dir)
+                silent = not outcome.get("error")  # it died without saying why: killed, or out of memory
+                error = outcome.get("error") or _exit_message(process.exitcode, self._closing, self.status_dir,
+                                                              "review" if payload.get("action") == REVIEW else "training")
             with self._lock:
                 job.process = None
             process.close()  # release its pipe now, not at garbage collection: a server runs many trainings
@@ -531,6 +547,24 @@ class JobQueue:
             write_json_atomically(path, record)
         except OSError as failure:
             log.warning("could not record the end of the training run of project %s: %s", project, failure)
+        if error and not self._closing:  # a shutdown leaves both to the next start
+            self._after_failure(project, payload, error, silent)
+
+    def _after_failure(self, project: str, payload: dict, error: str, silent: bool) -> None:
+        """What a failed child leaves: folders half-written by dead processes (``tidy``), and, when it died without
+        reporting itself, a card in Label Studio that still shows it going (``on_abandoned``)."""
+        if self.tidy is not None:
+            try:
+                removed = self.tidy()
+                if removed:
+                    log.info("project %s: removed %d unfinished folder(s) of the failed run", project, len(removed))
+            except Exception as failure:  # noqa: BLE001 - the next start removes them
+                log.warning("project %s: could not remove the failed run's unfinished folders: %s", project, failure)
+        if silent and self.on_abandoned is not None:
+            try:
+                self.on_abandoned(project, payload, error)
+            except Exception as failure:  # noqa: BLE001
+                log.warning("project %s: could not report the run that died: %s", project, failure)
 
 
 class _NoLock:
@@ -552,14 +586,16 @@ def progress_from(data: Any) -> JobProgress | None:
     return JobProgress(**{k: v for k, v in data.items() if k in JobProgress.__dataclass_fields__})
 
 
-def _exit_message(exitcode: int | None, closing: bool, status_dir: Path) -> str:
-    """Why a child ended without writing its outcome, as far as the parent can tell."""
+def _exit_message(exitcode: int | None, closing: bool, status_dir: Path, what: str = "training") -> str:
+    """Why a child ended without writing its outcome, as far as the parent can tell; ``what`` the child ran
+    (``training``, or ``review`` for a review of the annotations)."""
+    again = "start the review again" if what == "review" else "start training again"
     if closing:
-        return "stopped: the server shut down during training"
+        return f"stopped: the server shut down during the {what}"
     free = free_megabytes(status_dir)
     if free is not None and free < FULL_DISK_MB:
-        return (f"the disk holding MODEL_DIR is full ({free:.0f} MB free): the training could not write its "
-                "results; free space (or lower KEEP_VERSIONS), then start training again")
+        return (f"the disk holding MODEL_DIR is full ({free:.0f} MB free): the {what} could not write its "
+                f"results; free space (or lower KEEP_VERSIONS), then {again}")
     if exitcode is not None and exitcode < 0:
-        return f"the training process was killed by signal {-exitcode} (out of memory, or stopped by hand?)"
-    return f"the training process ended with exit code {exitcode} without a result; see the server log"
+        return f"the {what} process was killed by signal {-exitcode} (out of memory, or stopped by hand?); {again}"
+    return f"the {what} process ended with exit code {exitcode} without a result; see the server log"

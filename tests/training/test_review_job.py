@@ -77,3 +77,83 @@ def test_a_review_that_fails_after_a_training_that_went_well_does_not_report_a_f
     message = str(failure.value)  # /status: the review failed, and what the training before it did
     assert message.startswith("the review of project 3 failed: ") and "out of memory" in message, message
     assert "the training before it finished: v1, promoted" in message, message
+
+
+TINY = {"TRAIN_LR": "3e-3", "TRAIN_BATCH_SIZE": "16", "TRAIN_THREADS": "1", "TRAIN_FREEZE_EMBEDDINGS": "false",
+        "TRAIN_PRECISION": "fp32", "PUBLISH_PREDICTIONS": "false", "LABEL_STUDIO_URL": "http://ls:8080",
+        "LABEL_STUDIO_API_KEY": "k"}
+
+
+@pytest.mark.slow
+def test_a_review_child_killed_mid_fold_fails_clearly_and_leaves_the_last_review_and_no_folder(tmp_path, monkeypatch,
+                                                                                               tiny_base_model):
+    import functools
+    import os
+    import signal
+
+    import backend.shared.card as card_module
+    from backend.training.jobs import JobQueue, report_abandoned
+    from tests.helpers.training_targets import project_review
+    from tests.helpers.waits import bound, wait_for
+
+    environment = {"MODEL_DIR": str(tmp_path / "models"), "BASE_MODEL": str(tiny_base_model), **TINY,
+                   "TRAIN_EPOCHS": "400"}
+    settings = Settings.from_env(environment)
+    store = ModelStore(settings.model_dir)
+    store.record_review("8", {"project": "8", "state": "done", "tasks": [{"task": 3, "score": 1.5}]})
+    earlier = (store.project_dir("8") / "review.json").read_bytes()
+    card = FakeLabelStudio([])  # what the serving process tells Label Studio of the child that died
+    monkeypatch.setattr(card_module, "LabelStudioClient", lambda credentials, **_: card)
+    # the queue as job_queue makes it for the serving process, with the review of the tests' target
+    queue = JobQueue(project_review, tmp_path / "jobs", on_abandoned=functools.partial(report_abandoned, settings),
+                     tidy=store.clean_temporary)
+    payload = {"environment": environment, "tasks": 40, "titles": str(tmp_path / "titles.json"),
+               "pid": str(tmp_path / "pid"), "action": REVIEW}
+    try:
+        assert queue.trigger("8", payload) == "started"
+        def fold_training() -> bool:
+            progress = queue.status("8").progress
+            return progress is not None and progress.stage == "reviewing" and progress.step > 0 and bool(
+                list(store.project_dir("8").glob(TEMPORARY_PREFIX + "*")))
+
+        assert wait_for(fold_training, "child event")
+        os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)  # mid-fold, by its process id
+        assert queue.wait_idle("8", bound("child event"))
+    finally:
+        queue.shutdown()
+    status = queue.status("8")
+    assert status.last_error.startswith("the review process was killed by signal 9"), status.last_error
+    assert status.progress.stage == "failed" and status.last_result is None
+    assert (store.project_dir("8") / "review.json").read_bytes() == earlier  # never half-written, never lost
+    assert not list(store.project_dir("8").glob(TEMPORARY_PREFIX + "*"))  # the fold models went with it
+    assert card.titles[-1].startswith("NER · review failed: the review process was killed by signal 9"), card.titles
+    assert "training failed" not in card.instruction
+    # a killed review is not run again by itself (a server stopped mid-review runs it again: test_jobs.py)
+    assert JobQueue(project_review, tmp_path / "jobs").resume() == {}
+
+
+def test_a_review_whose_worker_died_shows_on_the_card_and_leaves_the_training_report(tmp_path, monkeypatch):
+    import backend.shared.card as card_module
+    from backend.shared.labelstudio import REPORT_END
+    from backend.training.jobs import report_abandoned
+    from backend.training.queue import ENDED
+
+    instruction = f"<p>Label dishes.</p>\n{REPORT_START}v2 serving: F1 0.8{REPORT_END}"
+    client = FakeLabelStudio([], instruction=instruction)
+    monkeypatch.setattr(card_module, "LabelStudioClient", lambda credentials, **_: client)
+    settings = _settings(tmp_path, LABEL_STUDIO_URL="http://ls:8080", LABEL_STUDIO_API_KEY="k")
+    # what the Redis queue's watchdog does with a review job whose worker was killed
+    report_abandoned(settings, "3", {"action": REVIEW}, ENDED["failed"])
+    assert client.instruction == instruction and client.descriptions == []  # no training failed
+    assert client.titles == [f"NER · review failed: {ENDED['failed'][:160]}"]
+    report_abandoned(settings, "3", {}, ENDED["failed"])  # a training's: as before
+    assert "training failed" in client.instruction and client.titles[-1].startswith("NER · training failed")
+
+
+def test_the_serving_processs_queue_tidies_after_a_failed_child_and_reports_one_that_died(tmp_path):
+    from backend.training.jobs import job_queue
+
+    settings = _settings(tmp_path)
+    queue = job_queue(settings, tmp_path / "models" / ".jobs")
+    assert queue.on_abandoned is not None and queue.tidy.__self__.root == settings.model_dir
+    assert queue.tidy.__func__ is ModelStore.clean_temporary
