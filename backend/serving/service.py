@@ -438,9 +438,16 @@ class NerService:
         publishing that stopped (and when it resumes), a version that no longer fits the labels, tasks without the
         field the config reads, a disk about to fill up."""
         warnings = self.store.problems(project)
-        if isinstance(last_result, dict) and last_result.get("report_error"):
-            warnings.append(f"the scores of {last_result.get('version')} could not be written into Label Studio "
-                            f"({last_result['report_error']}); the version is kept, and the next run reports again")
+        result = last_result if isinstance(last_result, dict) else {}
+        # a review's summary (a review job's result, or the "review" of a training's that a review followed)
+        review = result if "version" not in result else result.get("review")
+        if result.get("report_error") and review is not result:
+            warnings.append(f"the scores of {result.get('version')} could not be written into Label Studio "
+                            f"({result['report_error']}); the version is kept, and the next run reports again")
+        if isinstance(review, dict) and review.get("report_error"):
+            warnings.append(f"the review could not be written into Label Studio ({review['report_error']}): the "
+                            "Data Manager tab and the Instructions do not show it; GET /review and the report page "
+                            "do, and the next review writes it again")
         warnings += self._publishing_warnings(project, running)
         with self._lock:
             state = self._projects.get(project)

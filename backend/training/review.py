@@ -210,6 +210,8 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
     flagged = flagged_tasks(record, settings.review_show)
     if settings.report_to_label_studio:
         record["report_error"] = _report(settings, client, int(project), record, flagged)
+        if record["report_error"]:  # kept with the record: GET /review says the lead won't find it in Label Studio
+            store.record_review(project, record)
     card.show(review_title(record, len(flagged)))
     log.info("project %s: review %s: %d tasks scored in %d folds, %d flagged, %s s", project, record["state"],
              len(record["tasks"]), folds, len(flagged), record["seconds"])

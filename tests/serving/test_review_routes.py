@@ -62,3 +62,24 @@ def test_the_report_page_lists_the_flagged_tasks_with_links_and_the_button(setup
     assert "<button type='submit'>Review the annotations</button>" in page and "ann / bob 0.500" in page
     answer = http.post("/review?project=3", headers={"Accept": "text/html"})
     assert answer.status_code == 303 and answer.headers["Location"].endswith("report?project=3")
+
+
+def test_status_says_when_a_review_could_not_be_written_into_label_studio(tmp_path):
+    from backend.training.jobs import JobStatus
+
+    class ReviewedJobs(FakeJobs):
+        def status(self, project):
+            return JobStatus(project, last_result={"review": "done", "scored": 11, "report_error":
+                                                   "PermissionError: 403: you may not create views"})
+
+    settings = Settings(model_dir=tmp_path / "models")
+    service = NerService(settings, store=ModelStore(settings.model_dir), jobs=ReviewedJobs())
+    warnings = service.status("3")["projects"]["3"]["warnings"]
+    assert not any("scores of None" in warning for warning in warnings), warnings
+    [warning] = [warning for warning in warnings if "403" in warning]
+    assert warning.startswith("the review could not be written into Label Studio"), warning
+    # a review that ran after a training: the training's summary holds it
+    ReviewedJobs.status = lambda self, project: JobStatus(project, last_result={
+        "version": "v2", "report_error": None, "review": {"review": "done", "report_error": "ConnectError: refused"}})
+    warnings = service.status("3")["projects"]["3"]["warnings"]
+    assert any(w.startswith("the review could not be written") and "refused" in w for w in warnings), warnings
