@@ -516,8 +516,8 @@ class NerService:
         project = project_id(project)
         manifests = [m for name in self.store.version_names(project) if (m := self.store.manifest(project, name))]
         status = self.project_status(project)
-        review = review_section(self.store.review(project) or {"project": project}, status.get("training", False),
-                                self._label_studio(project))
+        review = review_section(self.store.review(project), status.get("training", False), self._label_studio(project),
+                                project)
         return report_page(project, manifests, self.store.current(project), status, self.store.promoted(project),
                            review)
 

@@ -83,3 +83,10 @@ def test_status_says_when_a_review_could_not_be_written_into_label_studio(tmp_pa
         "version": "v2", "report_error": None, "review": {"review": "done", "report_error": "ConnectError: refused"}})
     warnings = service.status("3")["projects"]["3"]["warnings"]
     assert any(w.startswith("the review could not be written") and "refused" in w for w in warnings), warnings
+
+
+def test_the_report_page_before_any_review_says_there_is_none_and_has_the_button(setup):
+    http, _, _ = setup
+    page = http.get("/report?project=3").get_data(as_text=True)
+    assert "No review yet." in page and "Last review" not in page
+    assert "<form method='post' action='review?project=3'>" in page
