@@ -83,7 +83,9 @@ def review_examples(keyed: Sequence[tuple[Any, Example]], bio_labels: Sequence[s
         if not held:
             continue
         if not train:
-            raise ReviewDataError(f"all {len(keyed)} tasks fell in one fold; annotate more tasks")
+            raise ReviewDataError(
+                f"all {len(keyed)} usable annotated tasks fell in one fold of {folds} (a task's fold is drawn from a "
+                "hash of its id), so no fold has tasks to train on: annotate a few more, then start the review again")
 
         training = f"fold {fold + 1}/{folds}: training on {len(train)} tasks"
 
@@ -200,9 +202,12 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
         try:
             record["tasks"] = review_examples(keyed, schema.bio_labels, recipe, work_dir, folds, train_fn, score_fn,
                                               on_progress)
+            record["folds"] = folds
+        except ReviewDataError as error:  # the folds left one without tasks to train on: said like too few tasks
+            record.update(state="too few tasks", message=str(error))
+            folds = 0
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        record["folds"] = folds
     record["seconds"] = round(time.monotonic() - started, 1)
     record["finished_at"] = utc_now()
     store.record_review(project, record)

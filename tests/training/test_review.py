@@ -206,3 +206,18 @@ def test_a_review_that_could_not_be_written_into_label_studio_keeps_why_in_its_r
     assert "403" in summary["report_error"]
     # GET /review answers from the record: it says the lead will not find the review in Label Studio, and why
     assert "403" in (store.review("3").get("report_error") or ""), store.review("3").keys()
+
+
+def test_ten_tasks_that_all_hash_into_one_fold_are_recorded_as_too_few_not_a_failed_job(tmp_path):
+    from backend.data.review import fold_of
+
+    ids = range(694, 704)  # ten ids whose hash puts every one in the same of 2 folds
+    assert len({fold_of(task_id, 2) for task_id in ids}) == 1
+    client = FakeLabelStudio([annotated_task(task_id, "cheap thai pizza") for task_id in ids])
+    store = ModelStore(tmp_path / "models")
+    summary = review_project(_settings(tmp_path), "3", client, store, None, RecordingFolds().train,
+                             RecordingFolds().score)
+    record = store.review("3")
+    assert summary["review"] == record["state"] == "too few tasks"
+    assert "one fold" in record["message"] and "annotate" in record["message"], record["message"]
+    assert client.titles[-1].startswith("NER · review: ") and "one fold" in client.titles[-1], client.titles
