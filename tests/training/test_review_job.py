@@ -157,3 +157,25 @@ def test_the_serving_processs_queue_tidies_after_a_failed_child_and_reports_one_
     queue = job_queue(settings, tmp_path / "models" / ".jobs")
     assert queue.on_abandoned is not None and queue.tidy.__self__.root == settings.model_dir
     assert queue.tidy.__func__ is ModelStore.clean_temporary
+
+
+def test_a_review_asked_during_a_training_that_then_fails_still_runs(tmp_path, client, monkeypatch):
+    import backend.training.review as review_module
+    from tests.training.test_review import RecordingFolds
+
+    def train(examples, bio_labels, config, out_dir, validation=None, progress=None):
+        if not Path(out_dir).name.startswith("fold-"):
+            raise RuntimeError("the training ran out of memory")
+        write_model_folder(Path(out_dir), [t[2:] for t in bio_labels[1::2]])
+        return SimpleNamespace(model_dir=Path(out_dir), head="new")
+
+    monkeypatch.setattr(train_module, "train_model", train)
+    monkeypatch.setattr(review_module, "score_with_model", RecordingFolds().score)
+    settings = _settings(tmp_path)
+    # the training press with the review that waited behind it (jobs.merge_payloads)
+    with pytest.raises(RuntimeError, match="the training ran out of memory"):
+        run_training_job(settings, "3", {**PAYLOAD, REVIEW: True}, _nothing)
+    record = ModelStore(settings.model_dir).review("3")
+    assert record.get("state") == "done" and len(record["tasks"]) == len(TEXTS), record  # the press was not lost
+    assert REVIEW_START in client.instruction and "training failed" in client.instruction
+    assert client.titles[-1].startswith("NER · training failed: the training ran out of memory"), client.titles
