@@ -100,3 +100,35 @@ def test_ranks_end_with_their_watcher(tmp_path):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # ended, not yet reaped
 
     assert wait_for(lambda: all(gone(pid) for pid in pids), "process gone")
+
+
+def saving_rank(started, report):
+    """Rank 1 is done at once (it ends with exit code 0); rank 0 goes on "saving" until it is killed."""
+    if os.environ["RANK"] != "0":
+        return None
+    Path(started).write_text(str(os.getpid()))
+    _wait_for_stop()
+    return "saved"
+
+
+def test_the_main_rank_killed_while_it_saves_after_the_others_ended_is_named(tmp_path):
+    import threading
+
+    from tests.helpers.waits import wait_for
+
+    started, raised = tmp_path / "rank0", []
+
+    def watch():
+        try:
+            raised.append(run_ranks(2, saving_rank, (str(started),)))
+        except BaseException as error:  # noqa: BLE001
+            raised.append(error)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert wait_for(lambda: started.exists() and started.read_text(), "child event")
+    os.kill(int(started.read_text()), signal.SIGKILL)
+    watcher.join(WAIT_S)
+    [error] = raised
+    assert isinstance(error, RankDied), error
+    assert "training process 0 of 2 (rank 0) was killed by signal 9 (SIGKILL)" in str(error)
