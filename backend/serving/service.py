@@ -538,12 +538,13 @@ class NerService:
 
     def review(self, project: str) -> dict[str, Any]:
         """GET /review: the last review's record, tasks most likely wrong first, with the state of the project's run
-        (a review asked or going shows there as ``running``, its progress as in /status)."""
+        (a review asked or going shows there as ``running``, its progress as in /status; a training alone does not)."""
         project = project_id(project)
         record = self.store.review(project)
         job = self.jobs.status(project)
-        progress = job.progress.__dict__ if job.running and job.progress is not None else None
-        state = "running" if job.running else record.get("state", "none")
+        asked = job.review
+        progress = job.progress.__dict__ if asked and job.progress is not None else None
+        state = "running" if asked else record.get("state", "none")
         return {"project": project, "state": state, "progress": progress,
                 "last_error": job.last_error if not job.running else None,
                 "tasks": record.get("tasks", []), "unaligned": record.get("unaligned", []),

@@ -64,6 +64,15 @@ def _asks(payload: dict) -> set[str]:
     return asks | {key for key in (PUBLISH, REVIEW) if payload.get(key)}
 
 
+def asks_review(payload: dict | None) -> bool:
+    """Whether a run of ``payload`` reviews the annotations (a review job, or a training a review waits behind).
+
+    >>> asks_review({"action": "review"}), asks_review({"review": True}), asks_review({}), asks_review(None)
+    (True, True, False, False)
+    """
+    return isinstance(payload, dict) and REVIEW in _asks(payload)
+
+
 def merge_payloads(kept: dict | None, new: dict | None) -> dict:
     """One payload for two triggers that coalesce into one run: a training press is never replaced by a later
     publish-only or review-only trigger (a training run publishes what is due at its end, and reviews after it when a
@@ -154,6 +163,7 @@ class JobStatus:
     last_error: str | None = None
     last_result: Any = None
     queued: int | None = None  # the run's place among those waiting for a free training slot (1 = next)
+    review: bool = False  # the run going, or the one waiting behind it, reviews the annotations (GET /review)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -330,6 +340,8 @@ class JobQueue:
             if job is None:
                 return self._status_before_start(project)
             status = JobStatus(**{k: v for k, v in vars(job.status).items()})
+            status.review = status.running and (asks_review(job.running_payload) or (
+                status.pending and asks_review(job.pending_payload)))
             if project in self._waiting:
                 status.queued = self._waiting.index(project) + 1
                 status.progress = queued_progress(status.queued)

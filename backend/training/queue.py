@@ -29,8 +29,8 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from backend.shared.store import utc_now
-from backend.training.jobs import (PUBLISH, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, merge_payloads,
-                                   progress_from, queued_progress)
+from backend.training.jobs import (PUBLISH, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, asks_review,
+                                   merge_payloads, progress_from, queued_progress)
 
 log = logging.getLogger(__name__)
 
@@ -332,17 +332,23 @@ class RedisJobQueue:
             place = self._place(record)
         except Exception as error:  # noqa: BLE001
             self._set_problem(error)
-            return JobStatus(project, pending=kept, last_error=None)
+            return JobStatus(project, pending=kept, last_error=None, review=asks_review(self._kept_payload(project)))
         status = JobStatus(
             project, running="job" in record, pending="pending" in record or kept,
             progress=progress_from(json.loads(record.get("progress") or "null")),
             runs_started=int(record.get("runs_started", 0)),
             runs_finished=int(record.get("runs_finished", 0)), last_started_at=record.get("last_started_at"),
             last_finished_at=record.get("last_finished_at"), last_error=json.loads(record.get("last_error", "null")),
-            last_result=json.loads(record.get("last_result", "null")), queued=place)
+            last_result=json.loads(record.get("last_result", "null")), queued=place,
+            review=asks_review(json.loads(record.get("job_payload") or "null"))
+            or asks_review(json.loads(record.get("pending") or "null")) or asks_review(self._kept_payload(project)))
         if place is not None:
             status.progress = queued_progress(place)
         return status
+
+    def _kept_payload(self, project: str) -> dict | None:
+        with self._lock:
+            return self._kept.get(project)
 
     def projects(self) -> list[str]:
         with self._lock:

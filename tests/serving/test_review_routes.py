@@ -90,3 +90,28 @@ def test_the_report_page_before_any_review_says_there_is_none_and_has_the_button
     page = http.get("/report?project=3").get_data(as_text=True)
     assert "No review yet." in page and "Last review" not in page
     assert "<form method='post' action='review?project=3'>" in page
+
+
+def test_a_training_alone_is_not_shown_as_a_review_going_but_a_review_asked_behind_it_is(tmp_path):
+    from backend.training.jobs import JobQueue
+    from tests.helpers.waits import bound
+    from tests.training.test_jobs import recorded_run
+
+    settings = Settings(model_dir=tmp_path / "models", label_studio_url="http://ls.test")
+    store = ModelStore(settings.model_dir)
+    store.record_review("3", RECORD)
+    jobs = JobQueue(recorded_run, tmp_path / "models" / ".jobs")
+    http = create_app(settings, NerService(settings, store=store, jobs=jobs)).test_client()
+    payload = {"log": str(tmp_path / "runs.log"), "release": str(tmp_path / "release")}
+    try:
+        assert http.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 200
+        assert jobs.trigger("3", payload) == "started"  # a training press
+        body = http.get("/review?project=3").get_json()
+        assert (body["state"], body["progress"]) == ("done", None), body  # the last review, no review going
+        assert http.post("/review?project=3").get_json()["review"] == "scheduled"  # asked behind the training
+        assert http.get("/review?project=3").get_json()["state"] == "running"
+        assert http.get("/status?project=3").get_json()["projects"]["3"]["review"] is True
+    finally:
+        (tmp_path / "release").touch()
+        jobs.wait_idle("3", bound("child event"))
+        jobs.shutdown()

@@ -179,3 +179,46 @@ def test_a_review_asked_during_a_training_that_then_fails_still_runs(tmp_path, c
     assert record.get("state") == "done" and len(record["tasks"]) == len(TEXTS), record  # the press was not lost
     assert REVIEW_START in client.instruction and "training failed" in client.instruction
     assert client.titles[-1].startswith("NER · training failed: the training ran out of memory"), client.titles
+
+
+@pytest.mark.slow
+def test_a_review_whose_fold_loses_a_training_process_fails_as_a_review_naming_the_rank(tmp_path, tiny_base_model):
+    import json
+    import os
+    import signal
+
+    from backend.model.ranks import process_title
+    from backend.training.jobs import JobQueue
+    from tests.helpers.training_targets import project_review
+    from tests.helpers.waits import bound, wait_for
+    from tests.training.test_training_processes import _rank
+
+    environment = {"MODEL_DIR": str(tmp_path / "models"), "BASE_MODEL": str(tiny_base_model), **TINY,
+                   "TRAIN_EPOCHS": "400", "TRAIN_PROCESSES": "2"}
+    store = ModelStore(tmp_path / "models")
+    store.record_review("8", {"project": "8", "state": "done", "tasks": [{"task": 3, "score": 1.5}]})
+    earlier = (store.project_dir("8") / "review.json").read_bytes()
+    queue = JobQueue(project_review, tmp_path / "jobs")
+    payload = {"environment": environment, "tasks": 40, "titles": str(tmp_path / "titles.json"),
+               "pid": str(tmp_path / "pid"), "action": REVIEW}
+    try:
+        assert queue.trigger("8", payload) == "started"
+
+        def fold_training() -> bool:
+            progress = queue.status("8").progress
+            return progress is not None and progress.stage == "reviewing" and progress.step > 0 and \
+                _rank(process_title(1, 2)) is not None
+
+        assert wait_for(fold_training, "child event")
+        os.kill(_rank(process_title(1, 2)).pid, signal.SIGKILL)
+        assert queue.wait_idle("8", bound("child event"))
+    finally:
+        queue.shutdown()
+    error = queue.status("8").last_error
+    assert error.startswith("ReviewFailed: the review of project 8 failed: RankDied: training process 1 of 2 "
+                            "(rank 1) was killed by signal 9 (SIGKILL)"), error
+    titles = json.loads((tmp_path / "titles.json").read_text())
+    assert titles[-1].startswith("NER · review failed: RankDied: training process 1 of 2 (rank 1)"), titles
+    assert (store.project_dir("8") / "review.json").read_bytes() == earlier
+    assert not list(store.project_dir("8").glob(TEMPORARY_PREFIX + "*"))
+    assert _rank(process_title(0, 2)) is None and _rank(process_title(1, 2)) is None
