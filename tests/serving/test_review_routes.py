@@ -115,3 +115,23 @@ def test_a_training_alone_is_not_shown_as_a_review_going_but_a_review_asked_behi
         (tmp_path / "release").touch()
         jobs.wait_idle("3", bound("child event"))
         jobs.shutdown()
+
+
+@pytest.mark.parametrize("answer, code", [
+    ("refused: another backend process on this MODEL_DIR is training project 3; several serving processes need "
+     "TRAINING_QUEUE (see docs/deploy.md)", 409),
+    ("shutting down", 503)])
+def test_a_review_the_queue_refused_is_not_answered_as_accepted(setup, answer, code):
+    http, _, jobs = setup
+    jobs.trigger = lambda project, payload=None: answer
+    refused = http.post("/review?project=3")
+    assert refused.status_code == code and refused.get_json()["review"] == answer
+    # the report page's button does not go back to the page as if it had started
+    assert http.post("/review?project=3", headers={"Accept": "text/html"}).status_code == code
+
+
+def test_a_review_kept_while_the_queue_is_unreachable_is_accepted(setup):
+    http, _, jobs = setup
+    jobs.trigger = lambda project, payload=None: ("not queued yet: the training queue at 127.0.0.1:6379/0 is "
+                                                  "unreachable (refused); the trigger is kept and sent when it answers")
+    assert http.post("/review?project=3").status_code == 202
