@@ -29,7 +29,7 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from backend.shared.store import utc_now
-from backend.training.jobs import (PUBLISH, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, asks_review,
+from backend.training.jobs import (PUBLISH, REVIEW, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, asks_review,
                                    merge_payloads, progress_from, queued_progress)
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,15 @@ ENDED = {
     "canceled": "canceled on the queue; start training again",
     "lost": "the run's job is gone from Redis; start training again",
     "finished": "the run ended without recording its outcome (Redis unreachable at its end?); see the worker's log",
+}
+# the same of a review of the annotations (its record, the training report and the serving version are untouched)
+ENDED_REVIEW = {
+    "failed": "abandoned: the worker stopped during this review (killed, or its machine was lost); the last review "
+              "is kept; start the review again",
+    "stopped": "stopped on the worker; start the review again",
+    "canceled": "canceled on the queue; start the review again",
+    "lost": "the review's job is gone from Redis; start the review again",
+    "finished": ENDED["finished"],
 }
 
 
@@ -469,7 +478,8 @@ class RedisJobQueue:
                 state = "lost"
             if state not in ENDED:
                 continue
-            message = ENDED[state]
+            running = json.loads(self.redis.hget(project_key(self.queue_name, project), "job_payload") or "{}")
+            message = (ENDED_REVIEW if running.get("action") == REVIEW else ENDED)[state]
             payload = finish(self.redis, self.queue_name, project, job_id, error=message)
             if payload is not None:
                 log.error("training of project %s: %s", project, message)
