@@ -544,9 +544,13 @@ class NerService:
         job = self.jobs.status(project)
         asked = job.review
         progress = job.progress.__dict__ if asked and job.progress is not None else None
-        state = "running" if asked else record.get("state", "none")
+        # the last run asked a review and failed, and the record is not that run's (a review that ran although the
+        # training before it failed is): "failed", not the last review's state, with the run's error
+        failed = bool(not job.running and job.last_review and job.last_error
+                      and str(record.get("finished_at") or "") < str(job.last_started_at or ""))
+        state = "running" if asked else "failed" if failed else record.get("state", "none")
         return {"project": project, "state": state, "progress": progress,
-                "last_error": job.last_error if not job.running else None,
+                "last_error": job.last_error if failed else None,
                 "tasks": record.get("tasks", []), "unaligned": record.get("unaligned", []),
                 "agreement": record.get("agreement", {}),
                 **{key: record.get(key) for key in ("message", "folds", "reviewed", "annotated", "seconds",

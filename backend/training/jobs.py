@@ -164,6 +164,7 @@ class JobStatus:
     last_result: Any = None
     queued: int | None = None  # the run's place among those waiting for a free training slot (1 = next)
     review: bool = False  # the run going, or the one waiting behind it, reviews the annotations (GET /review)
+    last_review: bool = False  # the last run that ended asked for a review: its error may be the review's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,7 +366,8 @@ class JobQueue:
             return JobStatus(project)
         status = JobStatus(project, progress=_recorded_progress(data) or JobProgress(),
                            last_started_at=data.get("started_at"), last_finished_at=data.get("finished_at"),
-                           last_error=data.get("error"), last_result=data.get("result"))
+                           last_error=data.get("error"), last_result=data.get("result"),
+                           last_review=bool(data.get("review")))
         if data["state"] == "running" and self._locked_elsewhere(project):
             status.running = True  # another backend process on this MODEL_DIR trains it now
             return status
@@ -549,12 +551,14 @@ class JobQueue:
             job.status.last_finished_at = utc_now()
             job.status.last_error = error
             job.status.last_result = result if error is None else job.status.last_result
+            job.status.last_review = asks_review(payload)
             job.status.progress = _recorded_progress(read_json(path)) or job.status.progress
             if error and job.status.progress is not None:
                 job.status.progress.stage = "failed"  # not the stage it was in when it failed (see last_error)
             record = {"state": "failed" if error else "succeeded", "error": error, "result": result,
                       "progress": asdict(job.status.progress) if job.status.progress else None,
-                      "started_at": job.status.last_started_at, "finished_at": job.status.last_finished_at}
+                      "started_at": job.status.last_started_at, "finished_at": job.status.last_finished_at,
+                      "review": job.status.last_review}
         try:  # the run's record, complete (a killed child wrote no error), for /status after a restart
             write_json_atomically(path, record)
         except OSError as failure:

@@ -179,7 +179,8 @@ def finish(redis: Any, queue_name: str, project: str, job_id: str, error: str | 
         progress["stage"] = "failed" if error else "done"  # as the local JobQueue says, not the last stage seen
         pipe.multi()
         pipe.hset(key, mapping={"last_finished_at": utc_now(), "last_error": json.dumps(error),
-                                "progress": json.dumps(progress)})
+                                "progress": json.dumps(progress),
+                                "last_review": json.dumps(asks_review(json.loads(record.get("job_payload") or "{}")))})
         if error is None:
             pipe.hset(key, "last_result", json.dumps(result))
         pipe.hincrby(key, "runs_finished", 1)
@@ -349,6 +350,7 @@ class RedisJobQueue:
             runs_finished=int(record.get("runs_finished", 0)), last_started_at=record.get("last_started_at"),
             last_finished_at=record.get("last_finished_at"), last_error=json.loads(record.get("last_error", "null")),
             last_result=json.loads(record.get("last_result", "null")), queued=place,
+            last_review=json.loads(record.get("last_review", "false")),
             review=asks_review(json.loads(record.get("job_payload") or "null"))
             or asks_review(json.loads(record.get("pending") or "null")) or asks_review(self._kept_payload(project)))
         if place is not None:

@@ -135,3 +135,29 @@ def test_a_review_kept_while_the_queue_is_unreachable_is_accepted(setup):
     jobs.trigger = lambda project, payload=None: ("not queued yet: the training queue at 127.0.0.1:6379/0 is "
                                                   "unreachable (refused); the trigger is kept and sent when it answers")
     assert http.post("/review?project=3").status_code == 202
+
+
+def test_a_review_that_died_reads_failed_and_a_training_that_died_leaves_the_review_alone(tmp_path):
+    from backend.training.jobs import JobQueue
+    from tests.helpers.waits import bound
+    from tests.training.test_jobs import killed_run
+
+    settings = Settings(model_dir=tmp_path / "models", label_studio_url="http://ls.test")
+    store = ModelStore(settings.model_dir)
+    store.record_review("3", RECORD)
+    jobs = JobQueue(killed_run, tmp_path / "models" / ".jobs")
+    http = create_app(settings, NerService(settings, store=store, jobs=jobs)).test_client()
+    try:
+        assert http.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 200
+        assert http.post("/review?project=3").status_code == 202  # its process is killed
+        assert jobs.wait_idle("3", bound("child event"))
+        body = http.get("/review?project=3").get_json()
+        # not "done": a client waiting for the review to end must not take the last one for this one
+        assert body["state"] == "failed" and "review process was killed" in body["last_error"], body
+        assert body["finished_at"] == RECORD["finished_at"]  # the last review's record is still there
+        assert jobs.trigger("3", {}) == "started"  # a training press, whose process is killed too
+        assert jobs.wait_idle("3", bound("child event"))
+        body = http.get("/review?project=3").get_json()
+        assert (body["state"], body["last_error"]) == ("done", None), body  # the training's error is not the review's
+    finally:
+        jobs.shutdown()
