@@ -218,10 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from backend.model.ranks import RankDied  # no torch: the launcher of --processes N
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (ValueError, OSError) as error:  # bad input (file, format, option, folder): one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RankDied as error:  # one of --processes N died (killed, out of memory): which, and where, in one line
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -4,8 +4,9 @@
 a process that holds threads or a CUDA context is unsafe), each with the environment that ``accelerate`` reads to
 join them into one process group (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT: gloo on a CPU, NCCL on GPUs).
 The caller's process only watches: what rank 0 reports (``report(progress)``) reaches ``progress`` here, rank 0's
-return value is returned, and a rank that dies (a signal, an error) ends every other one at once, so no rank waits
-on a dead peer until a collective times out. Its death is raised here, saying which rank and how; an error a rank
+return value is returned, and a rank that dies (a signal, an error) before its part is done ends every other one at
+once, so no rank waits on a dead peer until a collective times out (one that dies on its way out, its part done, is
+logged and costs nothing: no collective waits on it then). Its death is raised here, saying which rank and how; an error a rank
 raised is raised again as it was, as one process would have raised it.
 
 accelerate's own launchers do not fit this place: ``accelerate launch`` / torchrun start a new command line, and
@@ -13,6 +14,7 @@ accelerate's own launchers do not fit this place: ``accelerate launch`` / torchr
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -20,6 +22,8 @@ import signal
 import socket
 import traceback
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.05  # how often the watcher looks for a rank's end between messages
 STOP_GRACE_S = 10.0  # how long a rank told to stop (SIGTERM) has before it is killed
@@ -92,8 +96,8 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, args: tuple, mess
         messages.close()
         messages.join_thread()  # the error is in the pipe before this process is seen to end
         raise
-    if rank == 0:
-        messages.put(("result", rank, result))
+    # its part is done (rank 0: the model saved): an abort on the way out (a C++ thread left at exit) costs nothing
+    messages.put(("result", rank, result) if rank == 0 else ("done", rank, None))
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -137,6 +141,7 @@ def run_ranks(world: int, fn: Callable, args: tuple, progress: Callable[[Any], N
                              name=process_title(rank, world)) for rank in range(world)]
     result, errors, step = None, {}, None
     failed: dict[int, int | None] = {}  # rank -> exit code, of the ranks that ended by themselves without success
+    finished: set[int] = set()  # ranks that did their part (rank 0: returned its result)
     try:
         for process in ranks:
             process.start()
@@ -153,13 +158,24 @@ def run_ranks(world: int, fn: Callable, args: tuple, progress: Callable[[Any], N
                     progress(body)
             elif kind == "result":
                 result = body
+                finished.add(rank)
+            elif kind == "done":
+                finished.add(rank)
             else:
                 errors[rank] = body
             return True
 
         while not failed and any(process.exitcode is None for process in ranks):
             take(WATCH_INTERVAL_S)
-            failed = {rank: process.exitcode for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)}
+            ended = {rank: process.exitcode for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)}
+            if ended:
+                while take(0):  # what they said before they ended: a rank may have finished its part first
+                    pass
+                failed = {rank: code for rank, code in ended.items() if rank not in finished}
+        late = {rank: process.exitcode for rank, process in enumerate(ranks)
+                if process.exitcode not in (None, 0) and rank in finished}
+        for rank, code in late.items():  # after all its collectives: the others never waited on it
+            log.warning("%s, after it had done its part; the run goes on", describe_exit(rank, world, code))
         _stop(ranks)
         while take(WATCH_INTERVAL_S):  # what the ranks said before they ended
             pass

@@ -200,9 +200,12 @@ def start_review():
     if project is None:
         raise RequestError("name the project: POST /review?project=<id>")
     answer = _service().start_review(project)
-    if "text/html" in (request.headers.get("Accept") or ""):  # the report page's button: back to the page
+    # refused (another backend process trains the project) or shutting down: not accepted, and not hidden behind
+    # the report page's redirect either
+    status = 409 if answer["review"].startswith("refused") else 503 if answer["review"] == "shutting down" else 202
+    if status == 202 and "text/html" in (request.headers.get("Accept") or ""):  # the report page's button
         return Response(status=303, headers={"Location": f"report?project={answer['project']}"})
-    return jsonify(redact(answer)), 202
+    return jsonify(redact(answer)), status
 
 
 def _handle_request_error(error: RequestError):

@@ -247,7 +247,7 @@ class NerService:
     def _on_abandoned(self, project: str, payload: dict, message: str) -> None:
         """The queue's watchdog found a run whose worker died: tell Label Studio, and resume the publishing it may
         have left half done."""
-        report_failed_run(self.settings, project, payload, message)
+        report_failed_run(self.settings, project, payload, message, review=payload.get("action") == REVIEW)
         if self.jobs.status(project).running:
             return  # a job was queued meanwhile (a /setup resumed it already): it publishes
         if self.settings.publish_predictions and self.store.announcement_due(project) is not None:
@@ -438,9 +438,16 @@ class NerService:
         publishing that stopped (and when it resumes), a version that no longer fits the labels, tasks without the
         field the config reads, a disk about to fill up."""
         warnings = self.store.problems(project)
-        if isinstance(last_result, dict) and last_result.get("report_error"):
-            warnings.append(f"the scores of {last_result.get('version')} could not be written into Label Studio "
-                            f"({last_result['report_error']}); the version is kept, and the next run reports again")
+        result = last_result if isinstance(last_result, dict) else {}
+        # a review's summary (a review job's result, or the "review" of a training's that a review followed)
+        review = result if "version" not in result else result.get("review")
+        if result.get("report_error") and review is not result:
+            warnings.append(f"the scores of {result.get('version')} could not be written into Label Studio "
+                            f"({result['report_error']}); the version is kept, and the next run reports again")
+        if isinstance(review, dict) and review.get("report_error"):
+            warnings.append(f"the review could not be written into Label Studio ({review['report_error']}): the "
+                            "Data Manager tab and the Instructions do not show it; GET /review and the report page "
+                            "do, and the next review writes it again")
         warnings += self._publishing_warnings(project, running)
         with self._lock:
             state = self._projects.get(project)
@@ -509,8 +516,8 @@ class NerService:
         project = project_id(project)
         manifests = [m for name in self.store.version_names(project) if (m := self.store.manifest(project, name))]
         status = self.project_status(project)
-        review = review_section(self.store.review(project) or {"project": project}, status.get("training", False),
-                                self._label_studio(project))
+        review = review_section(self.store.review(project), status.get("training", False), self._label_studio(project),
+                                project)
         return report_page(project, manifests, self.store.current(project), status, self.store.promoted(project),
                            review)
 
@@ -531,14 +538,19 @@ class NerService:
 
     def review(self, project: str) -> dict[str, Any]:
         """GET /review: the last review's record, tasks most likely wrong first, with the state of the project's run
-        (a review asked or going shows there as ``running``, its progress as in /status)."""
+        (a review asked or going shows there as ``running``, its progress as in /status; a training alone does not)."""
         project = project_id(project)
         record = self.store.review(project)
         job = self.jobs.status(project)
-        progress = job.progress.__dict__ if job.running and job.progress is not None else None
-        state = "running" if job.running else record.get("state", "none")
+        asked = job.review
+        progress = job.progress.__dict__ if asked and job.progress is not None else None
+        # the last run asked a review and failed, and the record is not that run's (a review that ran although the
+        # training before it failed is): "failed", not the last review's state, with the run's error
+        failed = bool(not job.running and job.last_review and job.last_error
+                      and str(record.get("finished_at") or "") < str(job.last_started_at or ""))
+        state = "running" if asked else "failed" if failed else record.get("state", "none")
         return {"project": project, "state": state, "progress": progress,
-                "last_error": job.last_error if not job.running else None,
+                "last_error": job.last_error if failed else None,
                 "tasks": record.get("tasks", []), "unaligned": record.get("unaligned", []),
                 "agreement": record.get("agreement", {}),
                 **{key: record.get(key) for key in ("message", "folds", "reviewed", "annotated", "seconds",

@@ -105,9 +105,14 @@ def report_failure(settings: Settings, project: str, client: ProjectClient, stor
     Card(settings, client, int(project)).show(title)
 
 
-def report_failed_run(settings: Settings, project: str, payload: dict, message: str) -> None:
+def report_failed_run(settings: Settings, project: str, payload: dict, message: str, review: bool = False) -> None:
     """Tell Label Studio of a run that ended without reporting itself (its worker died): the Instructions block,
-    the ML record's description and the card title say so; the serving version is unchanged."""
-    if settings.report_to_label_studio:
-        report_failure(settings, project, client_for(settings, payload), ModelStore(settings.model_dir), message,
-                       message)
+    the ML record's description and the card title say so; the serving version is unchanged. A ``review`` that
+    died shows on the card only: the training report in the Instructions is not its to replace."""
+    if not settings.report_to_label_studio:
+        return
+    client = client_for(settings, payload)
+    if review:
+        Card(settings, client, int(project)).show(f"NER · review failed: {message.splitlines()[0][:160]}")
+        return
+    report_failure(settings, project, client, ModelStore(settings.model_dir), message, message)

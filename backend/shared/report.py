@@ -364,10 +364,11 @@ def review_title(record: dict, flagged: int) -> str:
     return f"NER · review done: {flagged} task(s) likely mislabelled of {len(record.get('tasks') or [])}"
 
 
-def review_section(record: dict, status_running: bool, label_studio: str = "") -> str:
+def review_section(record: dict, status_running: bool, label_studio: str = "", project: str | None = None) -> str:
     """The report page's review part: the button that starts one (POST /review), the last one's ranked tasks with
-    links into Label Studio's labeling view, the tasks that do not fit their words, the agreement tables."""
-    project = record.get("project", "")
+    links into Label Studio's labeling view, the tasks that do not fit their words, the agreement tables. ``record``
+    is {} before the project's first review; ``project`` defaults to the record's."""
+    project = project if project is not None else record.get("project", "")
     parts = ["<h2>Review of the annotations</h2>",
              "<form method='post' action='review?project=" + escape(str(project)) + "'>"
              "<button type='submit'>Review the annotations</button></form>"]

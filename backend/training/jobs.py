@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from backend.shared.store import free_megabytes, read_json, utc_now, write_json_atomically
+from backend.shared.store import ModelStore, free_megabytes, read_json, utc_now, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ def _asks(payload: dict) -> set[str]:
     action = payload.get("action")
     asks = {action if action in (PUBLISH, REVIEW) else TRAIN}
     return asks | {key for key in (PUBLISH, REVIEW) if payload.get(key)}
+
+
+def asks_review(payload: dict | None) -> bool:
+    """Whether a run of ``payload`` reviews the annotations (a review job, or a training a review waits behind).
+
+    >>> asks_review({"action": "review"}), asks_review({"review": True}), asks_review({}), asks_review(None)
+    (True, True, False, False)
+    """
+    return isinstance(payload, dict) and REVIEW in _asks(payload)
 
 
 def merge_payloads(kept: dict | None, new: dict | None) -> dict:
@@ -117,17 +126,26 @@ class NamedTarget:
         return resolve(self.name)(self.settings, project, payload, progress)
 
 
+def report_abandoned(settings: Any, project: str, payload: dict, message: str) -> None:
+    """Tell Label Studio of a run that ended without reporting itself (its worker or child process died): a
+    training's failure (``card.report_failed_run``), or a review's, which shows on the card only."""
+    from backend.shared.card import report_failed_run
+
+    report_failed_run(settings, project, payload, message, review=payload.get("action") == REVIEW)
+
+
 def job_queue(settings: Any, status_dir: Path, on_abandoned: Callable[[str, dict, str], None] | None = None) -> Any:
     """Where training runs: RQ workers through Redis with TRAINING_QUEUE, else child processes of this one.
-    ``on_abandoned(project, payload, message)``: what the queue's watchdog does with a run whose worker died (by
-    default it tells Label Studio, ``card.report_failed_run``)."""
+    ``on_abandoned(project, payload, message)``: what the queue does with a run whose worker or child process died
+    without reporting itself (by default it tells Label Studio, ``report_abandoned``). A child process that failed
+    leaves no half-written folder behind: the store's leftovers of dead processes are removed after it."""
+    on_abandoned = on_abandoned or functools.partial(report_abandoned, settings)
     if settings.training_queue:
-        from backend.shared.card import report_failed_run
         from backend.training.queue import RedisJobQueue
 
-        return RedisJobQueue(settings.training_queue, settings.training_queue_name,
-                             report_failure=on_abandoned or functools.partial(report_failed_run, settings))
-    return JobQueue(NamedTarget(settings), status_dir, nice=settings.train_nice, concurrency=settings.train_concurrency)
+        return RedisJobQueue(settings.training_queue, settings.training_queue_name, report_failure=on_abandoned)
+    return JobQueue(NamedTarget(settings), status_dir, nice=settings.train_nice, concurrency=settings.train_concurrency,
+                    on_abandoned=on_abandoned, tidy=ModelStore(settings.model_dir).clean_temporary)
 
 
 @dataclass
@@ -145,6 +163,8 @@ class JobStatus:
     last_error: str | None = None
     last_result: Any = None
     queued: int | None = None  # the run's place among those waiting for a free training slot (1 = next)
+    review: bool = False  # the run going, or the one waiting behind it, reviews the annotations (GET /review)
+    last_review: bool = False  # the last run that ended asked for a review: its error may be the review's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,8 +275,13 @@ class JobQueue:
     """
 
     def __init__(self, target: JobTarget, status_dir: Path | str, nice: int = 0, start_method: str = "spawn",
-                 concurrency: int = 1):
+                 concurrency: int = 1, on_abandoned: Callable[[str, dict, str], None] | None = None,
+                 tidy: Callable[[], list] | None = None):
         self.target = target
+        # on_abandoned(project, payload, error): a child that died without reporting itself (killed), so that
+        # Label Studio's card does not show it going for ever; tidy(): after a failed child, remove what dead
+        # processes left half-written (ModelStore.clean_temporary), not only at the next start
+        self.on_abandoned, self.tidy = on_abandoned, tidy
         self.status_dir = Path(status_dir)
         self.nice = nice
         self.concurrency = concurrency
@@ -316,6 +341,8 @@ class JobQueue:
             if job is None:
                 return self._status_before_start(project)
             status = JobStatus(**{k: v for k, v in vars(job.status).items()})
+            status.review = status.running and (asks_review(job.running_payload) or (
+                status.pending and asks_review(job.pending_payload)))
             if project in self._waiting:
                 status.queued = self._waiting.index(project) + 1
                 status.progress = queued_progress(status.queued)
@@ -339,7 +366,8 @@ class JobQueue:
             return JobStatus(project)
         status = JobStatus(project, progress=_recorded_progress(data) or JobProgress(),
                            last_started_at=data.get("started_at"), last_finished_at=data.get("finished_at"),
-                           last_error=data.get("error"), last_result=data.get("result"))
+                           last_error=data.get("error"), last_result=data.get("result"),
+                           last_review=bool(data.get("review")))
         if data["state"] == "running" and self._locked_elsewhere(project):
             status.running = True  # another backend process on this MODEL_DIR trains it now
             return status
@@ -489,7 +517,7 @@ class JobQueue:
             job.status.runs_started += 1
             job.status.last_started_at = utc_now()
             job.status.progress = JobProgress()
-        error, result = None, None
+        error, result, silent = None, None, False
         try:
             path.unlink(missing_ok=True)
             self.status_dir.mkdir(parents=True, exist_ok=True)
@@ -506,7 +534,9 @@ class JobQueue:
             if process.exitcode == 0 and outcome.get("state") == "succeeded":
                 result = outcome.get("result")
             else:
-                error = outcome.get("error") or _exit_message(process.exitcode, self._closing, self.status_dir)
+                silent = not outcome.get("error")  # it died without saying why: killed, or out of memory
+                error = outcome.get("error") or _exit_message(process.exitcode, self._closing, self.status_dir,
+                                                              "review" if payload.get("action") == REVIEW else "training")
             with self._lock:
                 job.process = None
             process.close()  # release its pipe now, not at garbage collection: a server runs many trainings
@@ -521,16 +551,36 @@ class JobQueue:
             job.status.last_finished_at = utc_now()
             job.status.last_error = error
             job.status.last_result = result if error is None else job.status.last_result
+            job.status.last_review = asks_review(payload)
             job.status.progress = _recorded_progress(read_json(path)) or job.status.progress
             if error and job.status.progress is not None:
                 job.status.progress.stage = "failed"  # not the stage it was in when it failed (see last_error)
             record = {"state": "failed" if error else "succeeded", "error": error, "result": result,
                       "progress": asdict(job.status.progress) if job.status.progress else None,
-                      "started_at": job.status.last_started_at, "finished_at": job.status.last_finished_at}
+                      "started_at": job.status.last_started_at, "finished_at": job.status.last_finished_at,
+                      "review": job.status.last_review}
         try:  # the run's record, complete (a killed child wrote no error), for /status after a restart
             write_json_atomically(path, record)
         except OSError as failure:
             log.warning("could not record the end of the training run of project %s: %s", project, failure)
+        if error and not self._closing:  # a shutdown leaves both to the next start
+            self._after_failure(project, payload, error, silent)
+
+    def _after_failure(self, project: str, payload: dict, error: str, silent: bool) -> None:
+        """What a failed child leaves: folders half-written by dead processes (``tidy``), and, when it died without
+        reporting itself, a card in Label Studio that still shows it going (``on_abandoned``)."""
+        if self.tidy is not None:
+            try:
+                removed = self.tidy()
+                if removed:
+                    log.info("project %s: removed %d unfinished folder(s) of the failed run", project, len(removed))
+            except Exception as failure:  # noqa: BLE001 - the next start removes them
+                log.warning("project %s: could not remove the failed run's unfinished folders: %s", project, failure)
+        if silent and self.on_abandoned is not None:
+            try:
+                self.on_abandoned(project, payload, error)
+            except Exception as failure:  # noqa: BLE001
+                log.warning("project %s: could not report the run that died: %s", project, failure)
 
 
 class _NoLock:
@@ -552,14 +602,16 @@ def progress_from(data: Any) -> JobProgress | None:
     return JobProgress(**{k: v for k, v in data.items() if k in JobProgress.__dataclass_fields__})
 
 
-def _exit_message(exitcode: int | None, closing: bool, status_dir: Path) -> str:
-    """Why a child ended without writing its outcome, as far as the parent can tell."""
+def _exit_message(exitcode: int | None, closing: bool, status_dir: Path, what: str = "training") -> str:
+    """Why a child ended without writing its outcome, as far as the parent can tell; ``what`` the child ran
+    (``training``, or ``review`` for a review of the annotations)."""
+    again = "start the review again" if what == "review" else "start training again"
     if closing:
-        return "stopped: the server shut down during training"
+        return f"stopped: the server shut down during the {what}"
     free = free_megabytes(status_dir)
     if free is not None and free < FULL_DISK_MB:
-        return (f"the disk holding MODEL_DIR is full ({free:.0f} MB free): the training could not write its "
-                "results; free space (or lower KEEP_VERSIONS), then start training again")
+        return (f"the disk holding MODEL_DIR is full ({free:.0f} MB free): the {what} could not write its "
+                f"results; free space (or lower KEEP_VERSIONS), then {again}")
     if exitcode is not None and exitcode < 0:
-        return f"the training process was killed by signal {-exitcode} (out of memory, or stopped by hand?)"
-    return f"the training process ended with exit code {exitcode} without a result; see the server log"
+        return f"the {what} process was killed by signal {-exitcode} (out of memory, or stopped by hand?); {again}"
+    return f"the {what} process ended with exit code {exitcode} without a result; see the server log"

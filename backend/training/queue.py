@@ -29,8 +29,8 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from backend.shared.store import utc_now
-from backend.training.jobs import (PUBLISH, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, merge_payloads,
-                                   progress_from, queued_progress)
+from backend.training.jobs import (PUBLISH, REVIEW, TRAINING_TARGET, JobProgress, JobStatus, ProgressTracker, asks_review,
+                                   merge_payloads, progress_from, queued_progress)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,15 @@ ENDED = {
     "canceled": "canceled on the queue; start training again",
     "lost": "the run's job is gone from Redis; start training again",
     "finished": "the run ended without recording its outcome (Redis unreachable at its end?); see the worker's log",
+}
+# the same of a review of the annotations (its record, the training report and the serving version are untouched)
+ENDED_REVIEW = {
+    "failed": "abandoned: the worker stopped during this review (killed, or its machine was lost); the last review "
+              "is kept; start the review again",
+    "stopped": "stopped on the worker; start the review again",
+    "canceled": "canceled on the queue; start the review again",
+    "lost": "the review's job is gone from Redis; start the review again",
+    "finished": ENDED["finished"],
 }
 
 
@@ -170,7 +179,8 @@ def finish(redis: Any, queue_name: str, project: str, job_id: str, error: str | 
         progress["stage"] = "failed" if error else "done"  # as the local JobQueue says, not the last stage seen
         pipe.multi()
         pipe.hset(key, mapping={"last_finished_at": utc_now(), "last_error": json.dumps(error),
-                                "progress": json.dumps(progress)})
+                                "progress": json.dumps(progress),
+                                "last_review": json.dumps(asks_review(json.loads(record.get("job_payload") or "{}")))})
         if error is None:
             pipe.hset(key, "last_result", json.dumps(result))
         pipe.hincrby(key, "runs_finished", 1)
@@ -332,17 +342,24 @@ class RedisJobQueue:
             place = self._place(record)
         except Exception as error:  # noqa: BLE001
             self._set_problem(error)
-            return JobStatus(project, pending=kept, last_error=None)
+            return JobStatus(project, pending=kept, last_error=None, review=asks_review(self._kept_payload(project)))
         status = JobStatus(
             project, running="job" in record, pending="pending" in record or kept,
             progress=progress_from(json.loads(record.get("progress") or "null")),
             runs_started=int(record.get("runs_started", 0)),
             runs_finished=int(record.get("runs_finished", 0)), last_started_at=record.get("last_started_at"),
             last_finished_at=record.get("last_finished_at"), last_error=json.loads(record.get("last_error", "null")),
-            last_result=json.loads(record.get("last_result", "null")), queued=place)
+            last_result=json.loads(record.get("last_result", "null")), queued=place,
+            last_review=json.loads(record.get("last_review", "false")),
+            review=asks_review(json.loads(record.get("job_payload") or "null"))
+            or asks_review(json.loads(record.get("pending") or "null")) or asks_review(self._kept_payload(project)))
         if place is not None:
             status.progress = queued_progress(place)
         return status
+
+    def _kept_payload(self, project: str) -> dict | None:
+        with self._lock:
+            return self._kept.get(project)
 
     def projects(self) -> list[str]:
         with self._lock:
@@ -463,7 +480,8 @@ class RedisJobQueue:
                 state = "lost"
             if state not in ENDED:
                 continue
-            message = ENDED[state]
+            running = json.loads(self.redis.hget(project_key(self.queue_name, project), "job_payload") or "{}")
+            message = (ENDED_REVIEW if running.get("action") == REVIEW else ENDED)[state]
             payload = finish(self.redis, self.queue_name, project, job_id, error=message)
             if payload is not None:
                 log.error("training of project %s: %s", project, message)

@@ -45,6 +45,11 @@ class ReviewDataError(RuntimeError):
     """Too few usable annotated tasks to score out-of-sample; the message says how many are needed."""
 
 
+class ReviewFailed(RuntimeError):
+    """A review that could not finish (a fold's training, Label Studio, the disk); the message names the project and
+    the review's own error. The last review's record, the training report and the serving version are untouched."""
+
+
 def fold_count(usable: int, wanted: int, project: str = "") -> int:
     """How many folds a review of ``usable`` tasks runs: ``wanted`` (REVIEW_FOLDS), fewer so each holds about
     MIN_PER_FOLD tasks, never under 2; too few tasks is a ``ReviewDataError`` that says how many more are needed.
@@ -78,7 +83,9 @@ def review_examples(keyed: Sequence[tuple[Any, Example]], bio_labels: Sequence[s
         if not held:
             continue
         if not train:
-            raise ReviewDataError(f"all {len(keyed)} tasks fell in one fold; annotate more tasks")
+            raise ReviewDataError(
+                f"all {len(keyed)} usable annotated tasks fell in one fold of {folds} (a task's fold is drawn from a "
+                "hash of its id), so no fold has tasks to train on: annotate a few more, then start the review again")
 
         training = f"fold {fold + 1}/{folds}: training on {len(train)} tasks"
 
@@ -195,9 +202,12 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
         try:
             record["tasks"] = review_examples(keyed, schema.bio_labels, recipe, work_dir, folds, train_fn, score_fn,
                                               on_progress)
+            record["folds"] = folds
+        except ReviewDataError as error:  # the folds left one without tasks to train on: said like too few tasks
+            record.update(state="too few tasks", message=str(error))
+            folds = 0
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        record["folds"] = folds
     record["seconds"] = round(time.monotonic() - started, 1)
     record["finished_at"] = utc_now()
     store.record_review(project, record)
@@ -205,6 +215,8 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
     flagged = flagged_tasks(record, settings.review_show)
     if settings.report_to_label_studio:
         record["report_error"] = _report(settings, client, int(project), record, flagged)
+        if record["report_error"]:  # kept with the record: GET /review says the lead won't find it in Label Studio
+            store.record_review(project, record)
     card.show(review_title(record, len(flagged)))
     log.info("project %s: review %s: %d tasks scored in %d folds, %d flagged, %s s", project, record["state"],
              len(record["tasks"]), folds, len(flagged), record["seconds"])
@@ -212,6 +224,19 @@ def review_project(settings: Settings, project: str, client: ProjectClient, stor
             "unaligned": len(unaligned), "agreement_tasks": agreed.tasks, "message": record.get("message"),
             "seconds": record["seconds"], "report_error": record.get("report_error"),
             "fetch": fetched.summary()}
+
+
+def run_review(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
+               progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """``review_project`` as a job runs it: a failure is a ``ReviewFailed`` naming the project and the error, and the
+    card says the review failed and why (else it would show the review fetching or going for ever); the training
+    report in the Instructions is not touched (no training failed)."""
+    try:
+        return review_project(settings, project, client, store, progress)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        Card(settings, client, int(project)).show(f"NER · review failed: {reason.splitlines()[0][:160]}")
+        raise ReviewFailed(f"the review of project {project} failed: {reason}") from error
 
 
 def flagged_tasks(record: dict, limit: int) -> list[dict]:

@@ -52,26 +52,45 @@ def run_training_job(settings: Settings, project: str, payload: dict, progress: 
         return {**publish_project(settings, project, client, store, progress),
                 "label_studio": client.requests_summary()}
     if payload.get("action") == REVIEW:
-        from backend.training.review import review_project
+        from backend.training.review import run_review
 
-        summary = review_project(settings, project, client, store, progress)
+        summary = run_review(settings, project, client, store, progress)
         if payload.get(PUBLISH):  # a publishing asked while the review waited
             summary["published"] = publish_project(settings, project, client, store, progress)
         return {**summary, "label_studio": client.requests_summary()}
     try:
         summary = train_project(settings, project, client, store, progress)
-        if payload.get(REVIEW):  # a review asked while this training waited: after it, on what it trained on
-            from backend.training.review import review_project
-
-            summary["review"] = review_project(settings, project, client, store, progress)
-        summary["label_studio"] = client.requests_summary()
-        log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
-        return summary
     except Exception as error:
-        if settings.report_to_label_studio:
+        if payload.get(REVIEW):  # the review that waited behind this training needs none of it: it runs all the same
+            _review_after_failed_training(settings, project, client, store, progress)
+        if settings.report_to_label_studio:  # after the review: the card ends on the training's failure
             report_failure(settings, project, client, store, f"{type(error).__name__}: {error}",
                            str(error) or type(error).__name__)
         raise
+    if payload.get(REVIEW):  # a review asked while this training waited: after it, on what it trained on
+        from backend.training.review import ReviewFailed, run_review
+
+        try:
+            summary["review"] = run_review(settings, project, client, store, progress)
+        except ReviewFailed as failure:  # the training's own outcome stands, reported as it went
+            kept = summary.get("version") or "no new version"
+            raise ReviewFailed(f"{failure}; the training before it finished: {kept}, {summary['decision']}") \
+                from failure.__cause__
+    summary["label_studio"] = client.requests_summary()
+    log.info("project %s: Label Studio requests of this run: %s", project, summary["label_studio"])
+    return summary
+
+
+def _review_after_failed_training(settings: Settings, project: str, client: ProjectClient, store: ModelStore,
+                                  progress: ProgressCallback) -> None:
+    """The review asked while a training waited, run although that training failed (else the press is lost); its own
+    failure is logged and shown on its card (``run_review``): the job fails with the training's error."""
+    from backend.training.review import ReviewFailed, run_review
+
+    try:
+        run_review(settings, project, client, store, progress)
+    except ReviewFailed as failure:
+        log.error("project %s: %s", project, failure)
 
 
 def train_project(

@@ -37,6 +37,21 @@ class TrainingWorker(Worker):
     instead of quitting mid-job (RQ's would end the worker, and the kernel the job with it)."""
 
     stop_requested = False  # a stop signal came (RQ remembers one only when it comes during a job)
+    store: ModelStore | None = None  # the MODEL_DIR whose unfinished folders a killed work horse leaves
+
+    def handle_work_horse_killed(self, job: Any, retpid: int, ret_val: int, rusage: Any) -> None:
+        """A work horse killed mid-job (out of memory, by hand): what it left half-written in the store goes now,
+        not at the worker's next start (the worker may run for weeks)."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if self.store is None:
+            return
+        try:
+            removed = self.store.clean_temporary()  # only folders of processes that are gone
+        except OSError as error:
+            log.warning("could not remove the unfinished folders of the killed job %s: %s", job.id, error)
+            return
+        if removed:
+            log.info("removed %d unfinished folder(s) of the killed job %s", len(removed), job.id)
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval
@@ -128,12 +143,18 @@ def worker_command(args: Any) -> int:
         return 2
     import redis
 
-    removed = ModelStore(settings.model_dir).clean_temporary()  # this host's dead trainings only
+    store = ModelStore(settings.model_dir)
+    removed = store.clean_temporary()  # this host's dead trainings only
     if removed:
         logging.getLogger(__name__).info("removed %d unfinished training folder(s) of this host", len(removed))
     connection = redis.Redis.from_url(settings.training_queue, health_check_interval=10)
     queue = args.queue or settings.training_queue_name
     where = settings.training_queue.split("://", 1)[-1].split("@")[-1]  # host:port/db, never a password
-    work_until_stopped(connection, lambda: TrainingWorker([queue], connection=connection,
-                                                          job_monitoring_interval=HEARTBEAT_S), args.burst, where)
+
+    def make_worker() -> TrainingWorker:
+        worker = TrainingWorker([queue], connection=connection, job_monitoring_interval=HEARTBEAT_S)
+        worker.store = store
+        return worker
+
+    work_until_stopped(connection, make_worker, args.burst, where)
     return 0

@@ -43,3 +43,26 @@ def project_training(project: str, payload: dict, progress) -> dict:
         return run_training_job(settings, project, {"hostname": "http://ls:8080", "access_token": "t"}, progress)
     finally:
         Path(payload["titles"]).write_text(json.dumps(client.titles))
+
+
+def project_review(project: str, payload: dict, progress) -> dict:
+    """A real review of the project (``project_tasks(payload["tasks"])``, fold models trained from the settings'
+    BASE_MODEL) as the job's child runs it; its process id is written to ``payload["pid"]`` first, so that a test can
+    kill it, and the card's titles to ``payload["titles"]`` however it ends (but killed)."""
+    import os
+
+    import backend.shared.card as card_module
+    from backend.shared.settings import Settings
+    from backend.training.training_run import run_training_job
+    from tests.helpers.service_fakes import FakeLabelStudio
+
+    Path(payload["pid"]).write_text(str(os.getpid()))
+    client = FakeLabelStudio(project_tasks(payload["tasks"]),
+                             config=(ROOT / "label_config" / "restaurant.xml").read_text())
+    card_module.LabelStudioClient = lambda credentials, **_: client
+    settings = Settings.from_env(payload["environment"])
+    try:
+        return run_training_job(settings, project, {"hostname": "http://ls:8080", "access_token": "t",
+                                                    "action": payload["action"]}, progress)
+    finally:
+        Path(payload["titles"]).write_text(json.dumps(client.titles))

@@ -155,3 +155,39 @@ def test_train_with_processes_runs_one_training_as_that_many(tmp_path, bio_files
     assert metrics["config"]["processes"] == 2 and metrics["optimizer_steps"] == 16  # 2 epochs of 120 / 16
     assert done.stdout.startswith(f"saved {out}")
     assert done.stderr.count("LOAD REPORT") <= 1  # the main process says what loading the base gave; the other not
+
+
+def test_a_training_process_killed_under_processes_2_ends_with_one_error_line_naming_it(tmp_path, bio_files,
+                                                                                       tiny_base_model, capsys):
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    from backend.model.ranks import process_title
+    from tests.helpers.waits import wait_for
+
+    def rank_1():
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.name() == process_title(1, 2):
+                    return child
+            except psutil.NoSuchProcess:
+                pass
+        return None
+
+    def kill_rank_1():
+        if wait_for(lambda: rank_1() is not None, "child event"):
+            os.kill(rank_1().pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_rank_1)
+    killer.start()
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(bio_files[0]), "--base-model", str(tiny_base_model), "--out", str(out),
+                 "--processes", "2", "--epochs", "400", "--lr", "3e-3", "--threads", "1", "--precision", "fp32"])
+    killer.join()
+    assert code == 1
+    line = _one_error_line(capsys)
+    assert "training process 1 of 2 (rank 1) was killed by signal 9 (SIGKILL)" in line, line
+    assert not (out / "model.safetensors").exists()

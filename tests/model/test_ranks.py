@@ -100,3 +100,74 @@ def test_ranks_end_with_their_watcher(tmp_path):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # ended, not yet reaped
 
     assert wait_for(lambda: all(gone(pid) for pid in pids), "process gone")
+
+
+def saving_rank(started, report):
+    """Rank 1 is done at once (it ends with exit code 0); rank 0 goes on "saving" until it is killed."""
+    if os.environ["RANK"] != "0":
+        return None
+    Path(started).write_text(str(os.getpid()))
+    _wait_for_stop()
+    return "saved"
+
+
+def test_the_main_rank_killed_while_it_saves_after_the_others_ended_is_named(tmp_path):
+    import threading
+
+    from tests.helpers.waits import wait_for
+
+    started, raised = tmp_path / "rank0", []
+
+    def watch():
+        try:
+            raised.append(run_ranks(2, saving_rank, (str(started),)))
+        except BaseException as error:  # noqa: BLE001
+            raised.append(error)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert wait_for(lambda: started.exists() and started.read_text(), "child event")
+    os.kill(int(started.read_text()), signal.SIGKILL)
+    watcher.join(WAIT_S)
+    [error] = raised
+    assert isinstance(error, RankDied), error
+    assert "training process 0 of 2 (rank 0) was killed by signal 9 (SIGKILL)" in str(error)
+
+
+def rank_aborting_at_exit(pid_file, report):
+    """Rank 1 does its part and returns, then its interpreter aborts on the way out (SIGABRT, as a C++ thread left
+    joinable at exit does: seen once on an RQ worker, 'terminate called without an active exception'); rank 0 is
+    still saving then, and returns once rank 1 is gone."""
+    if os.environ["RANK"] == "1":
+        from multiprocessing import util
+
+        Path(pid_file).write_text(str(os.getpid()))
+        # after the queue's own finalizer (-5) has flushed what this rank said: the abort comes last
+        util.Finalize(None, os.kill, args=(os.getpid(), signal.SIGABRT), exitpriority=-10)
+        return None
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:  # "saving" until rank 1 has ended
+        if Path(pid_file).exists():
+            try:
+                os.kill(int(Path(pid_file).read_text()), 0)
+            except ProcessLookupError:
+                break
+            if Path(f"/proc/{Path(pid_file).read_text()}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+        time.sleep(0.02)
+    return "saved"
+
+
+def test_a_rank_that_finished_its_part_and_aborts_at_exit_does_not_cost_the_saved_result(tmp_path):
+    assert run_ranks(2, rank_aborting_at_exit, (str(tmp_path / "rank1"),)) == "saved"
+
+
+def rank_aborting_mid_part(report):
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGABRT)  # before its part is done: the run fails, as before
+    _wait_for_stop()
+
+
+def test_a_rank_that_aborts_before_its_part_is_done_still_fails_the_run():
+    with pytest.raises(RankDied, match=r"rank 1\) was killed by signal 6 \(SIGABRT\)"):
+        run_ranks(2, rank_aborting_mid_part, ())

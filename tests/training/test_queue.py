@@ -310,3 +310,31 @@ def test_with_redis_down_start_training_answers_at_once_and_status_says_why_noth
         assert status["projects"]["4"]["pending"] is True
     finally:
         app.extensions["ner_service"].shutdown()
+
+
+def test_a_work_horse_killed_mid_job_leaves_no_half_written_folder_while_its_worker_lives(tmp_path, stack):
+    queue = stack.queue(target=HALF_WRITING)
+    worker = stack.worker()
+    started = tmp_path / "started"
+    assert queue.trigger("14", {"started": str(started), "log": str(tmp_path / "runs.log")}) == "queued"
+    assert _wait_until(lambda: started.exists())
+    horse, leftover = started.read_text().split(" ", 1)
+    os.kill(int(horse), signal.SIGKILL)  # the job's process (out of memory, or by hand); the worker goes on
+    assert _wait_until(lambda: (queue.status("14").last_error or "").startswith("abandoned"), "run abandoned")
+    assert _wait_until(lambda: not Path(leftover).exists()), "the killed job's folder stays until a worker restarts"
+    assert not worker.managed.exited()
+
+
+def test_a_review_whose_worker_was_killed_is_reported_as_a_review(tmp_path, stack):
+    reported = []
+    queue = stack.queue(target=HALF_WRITING, report_failure=lambda *args: reported.append(args))
+    worker = stack.worker()
+    started = tmp_path / "started"
+    payload = {"started": str(started), "log": str(tmp_path / "runs.log"), "action": "review"}
+    assert queue.trigger("15", payload) == "queued"
+    assert _wait_until(lambda: started.exists())
+    os.kill(worker.pid, signal.SIGKILL)
+    assert _wait_until(lambda: (queue.status("15").last_error or "").startswith("abandoned"), "run abandoned")
+    error = queue.status("15").last_error
+    assert "during this review" in error and "start the review again" in error and "training" not in error, error
+    assert reported and reported[0][1]["action"] == "review" and reported[0][2] == error

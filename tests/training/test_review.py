@@ -187,3 +187,37 @@ def test_a_label_the_models_are_always_less_sure_of_is_not_read_as_doubt():
     missed = Example("cheap pizza", words, ["O", "O"])
     doubt = word_doubts(missed, score, labels, thresholds)
     assert doubt[0] == 0.0 and doubt[1] == pytest.approx(math.log(1.0) - math.log(0.4 / 0.9))
+
+
+class UnwritableLabelStudio(FakeLabelStudio):
+    """A Label Studio that refuses the Data Manager tab (a permission, a version without views)."""
+
+    def write_review_view(self, project, title, task_ids):
+        raise PermissionError("403: you may not create views in project 3")
+
+
+def test_a_review_that_could_not_be_written_into_label_studio_keeps_why_in_its_record(tmp_path):
+    tasks = [annotated_task(i, text) for i, text in enumerate(["cheap pizza", "thai food", "sushi bar", "thai pizza",
+                                                                "cheap sushi", "pizza place", "thai curry", "open late",
+                                                                "cheap eats", "sushi rolls", "pizza pie"], start=1)]
+    store = ModelStore(tmp_path / "models")
+    summary = review_project(_settings(tmp_path), "3", UnwritableLabelStudio(tasks), store, None,
+                             RecordingFolds().train, RecordingFolds().score)
+    assert "403" in summary["report_error"]
+    # GET /review answers from the record: it says the lead will not find the review in Label Studio, and why
+    assert "403" in (store.review("3").get("report_error") or ""), store.review("3").keys()
+
+
+def test_ten_tasks_that_all_hash_into_one_fold_are_recorded_as_too_few_not_a_failed_job(tmp_path):
+    from backend.data.review import fold_of
+
+    ids = range(694, 704)  # ten ids whose hash puts every one in the same of 2 folds
+    assert len({fold_of(task_id, 2) for task_id in ids}) == 1
+    client = FakeLabelStudio([annotated_task(task_id, "cheap thai pizza") for task_id in ids])
+    store = ModelStore(tmp_path / "models")
+    summary = review_project(_settings(tmp_path), "3", client, store, None, RecordingFolds().train,
+                             RecordingFolds().score)
+    record = store.review("3")
+    assert summary["review"] == record["state"] == "too few tasks"
+    assert "one fold" in record["message"] and "annotate" in record["message"], record["message"]
+    assert client.titles[-1].startswith("NER · review: ") and "one fold" in client.titles[-1], client.titles
