@@ -88,6 +88,19 @@ def marker_key(queue_name: str) -> str:
     return f"{PREFIX}:{queue_name}:instance"
 
 
+def job_description(project: str, payload: dict) -> str:
+    """What RQ's dashboards and ``rq info`` call a run: what it does, by its payload's action.
+
+    >>> job_description("3", {}), job_description("3", {"review": True}), job_description("3", {"action": "review"})
+    ('train project 3', 'train project 3, then review its annotations', 'review the annotations of project 3')
+    >>> job_description("3", {"action": "publish"})
+    'publish the serving version of project 3'
+    """
+    if payload.get("action") == REVIEW:
+        return f"review the annotations of project {project}"
+    if payload.get("action") == PUBLISH:
+        return f"publish the serving version of project {project}"
+    return f"train project {project}" + (", then review its annotations" if payload.get(REVIEW) else "")
 
 
 def _enqueue(redis: Any, pipe: Any, queue_name: str, project: str, job_id: str, payload: dict, target: str) -> None:
@@ -98,7 +111,7 @@ def _enqueue(redis: Any, pipe: Any, queue_name: str, project: str, job_id: str, 
     Queue(queue_name, connection=redis).enqueue_call(
         "backend.training.queue.run_job", args=(queue_name, project, job_id, payload, target), job_id=job_id,
         timeout=JOB_TIMEOUT_S, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-        description=f"train project {project}", pipeline=pipe)
+        description=job_description(project, payload), pipeline=pipe)
 
 
 def _transact(redis: Any, key: str, body: Callable[[Any, dict], Any]) -> Any:

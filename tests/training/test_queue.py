@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.training.queue import RedisJobQueue
+from backend.training.queue import RedisJobQueue, project_key
 from backend.shared.store import ModelStore
 from scripts.stack import RedisServer, StackError, TrainingWorker, redis_server_bin
 from tests.helpers.waits import bound, wait_for
@@ -333,6 +333,10 @@ def test_a_review_whose_worker_was_killed_is_reported_as_a_review(tmp_path, stac
     payload = {"started": str(started), "log": str(tmp_path / "runs.log"), "action": "review"}
     assert queue.trigger("15", payload) == "queued"
     assert _wait_until(lambda: started.exists())
+    from rq.job import Job
+
+    job_id = queue.redis.hget(project_key(queue.queue_name, "15"), "job").decode()
+    assert Job.fetch(job_id, connection=queue.redis).description == "review the annotations of project 15"
     os.kill(worker.pid, signal.SIGKILL)
     assert _wait_until(lambda: (queue.status("15").last_error or "").startswith("abandoned"), "run abandoned")
     error = queue.status("15").last_error
