@@ -84,20 +84,26 @@ def _rank(title):
     return None
 
 
-def test_a_killed_training_process_fails_the_run_says_so_and_keeps_nothing(tmp_path, tiny_base_model):
+def _kill_rank_mid_run(tmp_path, tiny_base_model, rank: int):
+    """A 2-process training of project 8 whose rank ``rank`` is killed (SIGKILL) once it has taken a step; the
+    queue's status of the run once it ended."""
     environment = _environment(tmp_path, tiny_base_model, 2, TRAIN_EPOCHS="400", REPORT_TO_LABEL_STUDIO="true")
     payload = {"environment": environment, "tasks": 120, "titles": str(tmp_path / "titles.json")}
     queue = JobQueue(project_training, tmp_path / "jobs")
     try:
         assert queue.trigger("8", payload) == "started"
         assert wait_for(lambda: (queue.status("8").progress or None) is not None
-                        and queue.status("8").progress.step > 0 and _rank(process_title(1, 2)) is not None,
+                        and queue.status("8").progress.step > 0 and _rank(process_title(rank, 2)) is not None,
                         "child event")
-        os.kill(_rank(process_title(1, 2)).pid, signal.SIGKILL)
+        os.kill(_rank(process_title(rank, 2)).pid, signal.SIGKILL)
         assert queue.wait_idle("8", bound("child event"))
     finally:
         queue.shutdown()
-    status = queue.status("8")
+    return queue.status("8")
+
+
+def test_a_killed_training_process_fails_the_run_says_so_and_keeps_nothing(tmp_path, tiny_base_model):
+    status = _kill_rank_mid_run(tmp_path, tiny_base_model, 1)
     assert status.last_error is not None and status.last_result is None
     assert "rank 1" in status.last_error and "SIGKILL" in status.last_error, status.last_error
     assert status.progress.stage == "failed"
@@ -110,19 +116,7 @@ def test_a_killed_training_process_fails_the_run_says_so_and_keeps_nothing(tmp_p
 
 
 def test_the_main_training_process_killed_mid_run_fails_the_run_named_and_keeps_nothing(tmp_path, tiny_base_model):
-    environment = _environment(tmp_path, tiny_base_model, 2, TRAIN_EPOCHS="400", REPORT_TO_LABEL_STUDIO="true")
-    payload = {"environment": environment, "tasks": 120, "titles": str(tmp_path / "titles.json")}
-    queue = JobQueue(project_training, tmp_path / "jobs")
-    try:
-        assert queue.trigger("8", payload) == "started"
-        assert wait_for(lambda: (queue.status("8").progress or None) is not None
-                        and queue.status("8").progress.step > 0 and _rank(process_title(0, 2)) is not None,
-                        "child event")
-        os.kill(_rank(process_title(0, 2)).pid, signal.SIGKILL)  # the one that scores, reports and saves
-        assert queue.wait_idle("8", bound("child event"))
-    finally:
-        queue.shutdown()
-    status = queue.status("8")
+    status = _kill_rank_mid_run(tmp_path, tiny_base_model, 0)  # the one that scores, reports and saves
     assert "training process 0 of 2 (rank 0) was killed by signal 9 (SIGKILL)" in status.last_error, status.last_error
     store = ModelStore(tmp_path / "models")
     assert store.version_names("8") == [] and not list(store.project_dir("8").glob(TEMPORARY_PREFIX + "*"))
